@@ -1,0 +1,1 @@
+"""Learners, rollout storage, run directories and evaluation."""

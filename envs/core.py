@@ -1,0 +1,245 @@
+"""Shared machinery of the batched (pure torch) task implementations.
+
+Shape legend: B num_envs, V view size (odd), C = 3 channels (object, colour, state).
+
+Observations follow minigrid's encoding: every cell of a top-down ``V x V``
+window centred on the agent is an ``(object, colour, state)`` triple of
+``uint8``, indexed ``image[i, j]`` for the cell at ``(x - V//2 + i, y - V//2 + j)``
+(minigrid's ``[x, y]`` order). The agent's own cell holds
+``(agent, red, direction)`` as in minigrid's full-grid encoding, so the agent's
+heading is part of the picture. Cells outside the grid are ``unseen``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+Tensor = torch.Tensor
+Obs = dict[str, Tensor]
+StepResult = tuple[Obs, Tensor, Tensor, Tensor, dict[str, Tensor]]
+
+# Actions shared by every task (minigrid's ids for the first three actions).
+LEFT, RIGHT, FORWARD = 0, 1, 2
+NUM_ACTIONS = 3
+ACTION_NAMES = ("left", "right", "forward")
+
+COLOR_NAMES: tuple[str, ...] = tuple(COLOR_TO_IDX)  # red, green, blue, purple, yellow, grey
+NUM_COLORS = len(COLOR_NAMES)
+UNSEEN = OBJECT_TO_IDX["unseen"]
+EMPTY = OBJECT_TO_IDX["empty"]
+WALL = OBJECT_TO_IDX["wall"]
+DOOR = OBJECT_TO_IDX["door"]
+BALL = OBJECT_TO_IDX["ball"]
+AGENT = OBJECT_TO_IDX["agent"]
+GREY = COLOR_TO_IDX["grey"]
+RED = COLOR_TO_IDX["red"]
+CLOSED = STATE_TO_IDX["closed"]
+
+# Directions as in minigrid: 0 east (+x), 1 south (+y), 2 west (-x), 3 north (-y).
+EAST, SOUTH, WEST, NORTH = 0, 1, 2, 3
+DIR_TO_VEC = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """Return ``value`` as an int, or raise a ValueError naming ``name`` and its range."""
+    allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer {allowed}, got {value}")
+    return int(value)
+
+
+def check_view_size(view_size: Any) -> int:
+    """Validate a view size: odd, between 3 and 15."""
+    view_size = check_int("view_size", view_size, 3, 15)
+    if view_size % 2 == 0:
+        raise ValueError(f"view_size must be odd (3, 5, ..., 15), got {view_size}")
+    return view_size
+
+
+def image_space(view_size: int) -> gym.spaces.Box:
+    """The observation space of one agent-centred ``V x V x 3`` minigrid window."""
+    return gym.spaces.Box(0, 255, (view_size, view_size, 3), dtype=np.uint8)
+
+
+def window_coords(x: Tensor, y: Tensor, view_size: int) -> tuple[Tensor, Tensor]:
+    """Grid coordinates of every cell of the window centred on ``(x, y)``.
+
+    ``x, y``: [B] -> (xs, ys): [B, V, V], ``xs[b, i, j] = x[b] - V//2 + i``.
+    """
+    offsets = torch.arange(view_size, device=x.device) - view_size // 2  # [V]
+    xs = x[:, None, None] + offsets[None, :, None]  # [B, V, 1]
+    ys = y[:, None, None] + offsets[None, None, :]  # [B, 1, V]
+    return xs.expand(-1, -1, view_size), ys.expand(-1, view_size, -1)
+
+
+def encode_cells(obj: Tensor, color: Tensor, state: Tensor, agent_dir: Tensor) -> Tensor:
+    """Stack per-cell triples [B, V, V] into a uint8 image [B, V, V, 3] with the agent drawn."""
+    image = torch.stack((obj, color, state), dim=-1).to(torch.uint8)  # [B, V, V, 3]
+    centre = image.shape[1] // 2
+    image[:, centre, centre, 0] = AGENT
+    image[:, centre, centre, 1] = RED
+    image[:, centre, centre, 2] = agent_dir.to(torch.uint8)
+    return image
+
+
+class BatchedEnv(abc.ABC):
+    """Base class of the batched tasks: ``num_envs`` copies stepped at once as tensors.
+
+    Subclasses keep their whole state as tensors with ``num_envs`` first and
+    implement ``_sample_episodes`` (fresh episodes for the envs in a mask),
+    ``_apply`` (one step of the dynamics) and ``_observe``.
+
+    Finished environments reset inside the same ``step``: the returned
+    observation is the new episode's first one, and ``info`` holds
+    ``success``, ``episode_return`` and ``episode_length`` (valid where
+    ``terminated | truncated``) plus task-specific per-episode counters. With
+    ``keep_final_obs = True`` it also holds ``final_obs``, the last observation
+    of the episodes that ended (used by the gymnasium vector wrapper).
+    """
+
+    name: str = ""
+    keep_final_obs: bool = False
+
+    def __init__(self, num_envs: int, max_steps: int, device: str | torch.device, seed: int | None):
+        self.num_envs = check_int("num_envs", num_envs, 1)
+        self.max_steps = max_steps
+        self.device = torch.device(device)
+        self.single_action_space = gym.spaces.Discrete(NUM_ACTIONS)
+        self.generator = torch.Generator(device=self.device)
+        self._seed(seed)
+        self.step_count = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self.episode_return = torch.zeros(self.num_envs, device=self.device)
+        self._sample_episodes(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+
+    # -- the subclass's part ------------------------------------------------
+    single_observation_space: gym.spaces.Dict
+
+    @abc.abstractmethod
+    def _sample_episodes(self, mask: Tensor) -> None:
+        """Start new episodes in the envs where ``mask`` [B] is true."""
+
+    @abc.abstractmethod
+    def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Advance the dynamics by one step: (reward [B] float, terminated [B] bool)."""
+
+    @abc.abstractmethod
+    def _observe(self) -> Obs:
+        """The current observation of every env."""
+
+    @abc.abstractmethod
+    def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
+        """Per-episode statistics read before the reset (``success`` and task counters)."""
+
+    @abc.abstractmethod
+    def layout(self, index: int) -> dict[str, Any]:
+        """Env ``index``'s current episode as plain data (see the reference env's reset)."""
+
+    @abc.abstractmethod
+    def oracle_actions(self) -> Tensor:
+        """Actions [B] of the scripted oracle, which reads the hidden layout."""
+
+    # -- the common part -----------------------------------------------------
+    def _seed(self, seed: int | None) -> None:
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed))
+
+    def rand_int(self, low: int | Tensor, high: int | Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Uniform integers in ``[low, high]`` (inclusive) from the env's generator."""
+        u = torch.rand(shape, generator=self.generator, device=self.device)
+        return (low + (u * (high - low + 1)).long().clamp_max(high - low)).long()
+
+    def reset(self, seed: int | None = None, desync: bool = False) -> Obs:
+        """Start a new episode in every env and return the first observations.
+
+        ``desync=True`` starts each env's first episode at a random point of
+        its time limit so that envs finish at different times (a learner's
+        option; an episode started that way may be truncated early).
+        """
+        if seed is not None:
+            self._seed(seed)
+        everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._sample_episodes(everyone)
+        self.episode_return.zero_()
+        if desync:
+            self.step_count = self.rand_int(0, self.max_steps - 1, (self.num_envs,))
+        else:
+            self.step_count.zero_()
+        return self._observe()
+
+    def step(self, actions: Tensor) -> StepResult:
+        """Step every env with ``actions`` [B] (ints in [0, 3))."""
+        actions = torch.as_tensor(actions, device=self.device).long()
+        reward, terminated = self._apply(actions)
+        self.step_count += 1
+        truncated = ~terminated & (self.step_count >= self.max_steps)
+        done = terminated | truncated
+        self.episode_return += reward
+        info = self._episode_info(done)
+        info["episode_return"] = self.episode_return.clone()
+        info["episode_length"] = self.step_count.clone()
+        if self.keep_final_obs:
+            info["final_obs"] = self._observe()
+        self._sample_episodes(done)
+        self.episode_return.masked_fill_(done, 0.0)
+        self.step_count.masked_fill_(done, 0)
+        return self._observe(), reward, terminated, truncated, info
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device})"
+
+
+SEGMENT_HEIGHT = 5  # rows of one segment block: wall, arm, corridor, arm, wall
+
+
+def segment_cells(
+    lx: Tensor,
+    ly: Tensor,
+    length: int,
+    wall_color: Tensor | int,
+    end_object: int,
+    end_state: int,
+    top_color: Tensor,
+    bottom_color: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cells of one segment block, the geometry shared by Corridor and Portal.
+
+    A block is ``length + 3`` cells wide and 5 rows high: walls around, a
+    corridor on row 2 from ``x = 1`` (the start) to ``x = length + 1`` (the
+    end), and two objects at the end, one in the row above (``top``, reached
+    with ``left``) and one below (``bottom``, reached with ``right``).
+
+    ``lx, ly``: [B, V, V] coordinates inside the block; ``wall_color``,
+    ``top_color``, ``bottom_color``: [B], [B, V, V] or scalars. Returns (object, colour,
+    state), each [B, V, V]; cells left or right of the block are ``unseen``.
+    """
+
+    def per_env(value: Tensor | int) -> Tensor | int:
+        if isinstance(value, Tensor) and value.dim() == 1:
+            return value[:, None, None]  # [B] -> [B, 1, 1]
+        return value
+
+    end_x = length + 1
+    inside = (lx >= 0) & (lx <= end_x + 1) & (ly >= 0) & (ly < SEGMENT_HEIGHT)
+    floor = (ly == 2) & (lx >= 1) & (lx <= end_x)
+    top = (lx == end_x) & (ly == 1)
+    bottom = (lx == end_x) & (ly == 3)
+    zeros = torch.zeros_like(lx)
+    obj = torch.where(floor, EMPTY, WALL)
+    obj = torch.where(top | bottom, end_object, obj)
+    obj = torch.where(inside, obj, UNSEEN)
+    color = torch.where(floor, zeros, zeros + per_env(wall_color))
+    color = torch.where(top, zeros + per_env(top_color), color)
+    color = torch.where(bottom, zeros + per_env(bottom_color), color)
+    color = torch.where(inside, color, zeros)
+    state = torch.where(top | bottom, end_state, zeros)
+    return obj, color, state

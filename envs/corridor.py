@@ -1,0 +1,256 @@
+"""Corridor: carry one colour from the start of a long corridor to its junction.
+
+Both implementations live here: :class:`BatchedCorridor` (torch, the fast
+path) and :class:`CorridorEnv` (minigrid, registered as ``ExpireRL/Corridor-v0``).
+Shape legend: B num_envs, V view size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import torch
+from minigrid.core.world_object import Ball, Wall
+
+from envs.core import (
+    BALL,
+    COLOR_NAMES,
+    EAST,
+    FORWARD,
+    GREY,
+    LEFT,
+    NORTH,
+    NUM_COLORS,
+    RIGHT,
+    SEGMENT_HEIGHT,
+    SOUTH,
+    BatchedEnv,
+    Obs,
+    Tensor,
+    check_int,
+    check_view_size,
+    encode_cells,
+    image_space,
+    segment_cells,
+    window_coords,
+)
+from envs.reference import ReferenceEnv, build_segment
+
+CORRIDOR_ROW = 2  # y of the corridor; the cue stands above the start, at (1, 1)
+
+
+class CorridorConfig:
+    """Validated task parameters of the corridor (shared by both implementations)."""
+
+    def __init__(
+        self,
+        length: int = 1000,
+        num_colors: int = 2,
+        view_size: int = 3,
+        max_steps: int | None = None,
+    ):
+        self.length = check_int("length", length, 1)
+        self.num_colors = check_int("num_colors", num_colors, 2, NUM_COLORS)
+        self.view_size = check_view_size(view_size)
+        # A uniform policy needs 3 * length steps on average (one step in three
+        # moves forward): 4 * length + 20 leaves it room at every length.
+        default = 4 * self.length + 20
+        self.max_steps = check_int(
+            "max_steps", default if max_steps is None else max_steps, self.length + 1
+        )
+
+    def check_layout(self, layout: dict[str, Any]) -> dict[str, int]:
+        """Validate a layout from :meth:`BatchedCorridor.layout` against this config."""
+        try:
+            values = {key: int(layout[key]) for key in ("length", "cue", "top", "bottom")}
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"corridor layout needs integer length, cue, top, bottom: {error}"
+            ) from None
+        if values["length"] != self.length:
+            raise ValueError(
+                f"layout length {values['length']} does not match the env's length {self.length}"
+            )
+        cue, top, bottom = values["cue"], values["top"], values["bottom"]
+        in_range = all(0 <= c < self.num_colors for c in (cue, top, bottom))
+        if not in_range or top == bottom or cue not in (top, bottom):
+            raise ValueError(
+                f"corridor layout needs two distinct colours in [0, {self.num_colors}) at the "
+                f"ends with the cue among them, got {values}"
+            )
+        return values
+
+
+class BatchedCorridor(BatchedEnv):
+    """The corridor task for ``num_envs`` envs at once, as torch tensors.
+
+    See :class:`CorridorEnv` for the task. State per env: position along the
+    corridor, heading, the cue colour and the two end colours (a few integers:
+    memory does not grow with the length).
+    """
+
+    name = "corridor"
+
+    def __init__(
+        self,
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        **task_kwargs: Any,
+    ):
+        self.config = CorridorConfig(**task_kwargs)
+        self.length = self.config.length
+        self.view_size = self.config.view_size
+        self.single_observation_space = gym.spaces.Dict({"image": image_space(self.view_size)})
+        super().__init__(num_envs, self.config.max_steps, device, seed)
+
+    def _sample_episodes(self, mask: Tensor) -> None:
+        shape = (self.num_envs,)
+        cue = self.rand_int(0, self.config.num_colors - 1, shape)
+        other = (cue + self.rand_int(1, self.config.num_colors - 1, shape)) % self.config.num_colors
+        cue_on_top = self.rand_int(0, 1, shape).bool()
+        fresh = {
+            "position": torch.zeros_like(cue),
+            "direction": torch.full_like(cue, EAST),
+            "cue": cue,
+            "top": torch.where(cue_on_top, cue, other),
+            "bottom": torch.where(cue_on_top, other, cue),
+        }
+        for key, value in fresh.items():
+            old = getattr(self, key, None)
+            setattr(self, key, value if old is None else torch.where(mask, value, old))
+
+    def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
+        at_junction = self.position == self.length
+        self.position = self.position + ((actions == FORWARD) & ~at_junction).long()
+        terminated = at_junction & (actions != FORWARD)
+        chosen = torch.where(actions == LEFT, self.top, self.bottom)
+        self.success = terminated & (chosen == self.cue)
+        turned = torch.where(actions == LEFT, NORTH, SOUTH)
+        self.direction = torch.where(terminated, turned, self.direction)
+        return self.success.float(), terminated
+
+    def _observe(self) -> Obs:
+        xs, ys = window_coords(self.position + 1, torch.full_like(self.position, 2), self.view_size)
+        obj, color, state = segment_cells(xs, ys, self.length, GREY, BALL, 0, self.top, self.bottom)
+        cue_cell = (xs == 1) & (ys == CORRIDOR_ROW - 1)
+        obj = torch.where(cue_cell, BALL, obj)
+        color = torch.where(cue_cell, self.cue[:, None, None].expand_as(color), color)
+        return {"image": encode_cells(obj, color, state, self.direction)}
+
+    def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
+        return {"success": self.success & done}
+
+    def layout(self, index: int) -> dict[str, Any]:
+        return {
+            "length": self.length,
+            "cue": int(self.cue[index]),
+            "top": int(self.top[index]),
+            "bottom": int(self.bottom[index]),
+        }
+
+    def oracle_actions(self) -> Tensor:
+        """Forward to the junction, then into the arm whose object has the cue's colour."""
+        turn = torch.where(self.top == self.cue, LEFT, RIGHT)
+        return torch.where(self.position == self.length, turn, FORWARD)
+
+
+class CorridorEnv(ReferenceEnv):
+    """Corridor: remember a colour seen at the start of a long corridor.
+
+    ## Description
+    The agent starts at the west end of a corridor ``length`` cells long and,
+    at the start only, sees a coloured ball (the cue) in the wall beside it.
+    At the east end is a junction with two arms; in them stand two balls, one
+    of the cue's colour and one of another colour, in random order.
+
+    ## Observation
+    ``{"image": uint8[V, V, 3]}``: minigrid (object, colour, state) triples of
+    the ``view_size`` x ``view_size`` cells around the agent (top-down, the
+    agent's own cell shows ``(agent, red, direction)``).
+
+    ## Actions
+    ``0 left, 1 right, 2 forward``. In the corridor only ``forward`` moves (one
+    cell east); the corridor is too narrow to turn, so there is no way back and
+    a uniformly random policy reaches the junction in about ``3 * length``
+    steps. At the junction ``left`` enters the top arm and ``right`` the
+    bottom arm; ``forward`` bumps into the east wall.
+
+    ## Rewards
+    +1 for entering the arm whose ball matches the cue, 0 for the other arm.
+
+    ## Termination
+    Entering an arm terminates the episode; it is truncated after
+    ``max_steps`` (default ``4 * length + 20``).
+
+    ## Memory requirement
+    One colour (out of ``num_colors``) for at least ``length`` steps: the cue
+    leaves the view after ``view_size // 2 + 1`` steps and the junction is
+    ``length`` steps away. Oracle: success 1.0. Memoryless bound: 1/2 (at the
+    junction the observation is the same whichever ball matches).
+
+    ## Registered configurations
+    ``ExpireRL/Corridor-v0`` (``length=1000, num_colors=2, view_size=3``);
+    every parameter can be passed to ``gymnasium.make``.
+    """
+
+    render_window = (15, SEGMENT_HEIGHT)
+
+    def __init__(
+        self,
+        length: int = 1000,
+        num_colors: int = 2,
+        view_size: int = 3,
+        max_steps: int | None = None,
+        render_mode: str | None = None,
+        **render_kwargs: Any,
+    ):
+        self.config = CorridorConfig(length, num_colors, view_size, max_steps)
+        super().__init__(
+            width=self.config.length + 3,
+            height=SEGMENT_HEIGHT,
+            max_steps=self.config.max_steps,
+            view_size=self.config.view_size,
+            mission="go to the ball with the colour you saw at the start",
+            render_mode=render_mode,
+            **render_kwargs,
+        )
+
+    def _sample_layout(self) -> dict[str, Any]:
+        num_colors = self.config.num_colors
+        cue, other = (int(c) for c in self.np_random.choice(num_colors, 2, replace=False))
+        top, bottom = (cue, other) if self.np_random.integers(2) == 0 else (other, cue)
+        return {"length": self.config.length, "cue": cue, "top": top, "bottom": bottom}
+
+    def _build(self, layout: dict[str, Any]) -> None:
+        values = self.config.check_layout(layout)
+        self.cue, self.top, self.bottom = values["cue"], values["top"], values["bottom"]
+        self.success = False
+        self.grid = self.grid.__class__(self.width, self.height)
+        build_segment(
+            self.grid,
+            0,
+            self.config.length,
+            Wall(),
+            Ball(COLOR_NAMES[self.top]),
+            Ball(COLOR_NAMES[self.bottom]),
+        )
+        self.grid.set(1, CORRIDOR_ROW - 1, Ball(COLOR_NAMES[self.cue]))
+        self.agent_pos = (1, CORRIDOR_ROW)
+        self.agent_dir = EAST
+
+    def _apply(self, action: int) -> tuple[float, bool]:
+        x, y = self.agent_pos
+        junction = self.config.length + 1
+        if x == junction and action in (LEFT, RIGHT):
+            chosen = self.top if action == LEFT else self.bottom
+            self.agent_dir = NORTH if action == LEFT else SOUTH
+            self.success = chosen == self.cue
+            return float(self.success), True
+        if action == FORWARD and x < junction:
+            self.agent_pos = (x + 1, y)
+        return 0.0, False
+
+    def _episode_info(self) -> dict[str, Any]:
+        return {"success": self.success}

@@ -1,0 +1,415 @@
+"""Instruction: carry out the latest of a stream of one-step instructions.
+
+Both implementations live here: :class:`BatchedInstruction` (torch, the fast
+path) and :class:`InstructionEnv` (minigrid, registered as
+``ExpireRL/Instruction-v0``). Shape legend: B num_envs, N num_objects,
+K instructions per episode (at most), V view size, S room size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import torch
+from minigrid.core.world_object import Ball
+
+from envs.core import (
+    BALL,
+    COLOR_NAMES,
+    DIR_TO_VEC,
+    EMPTY,
+    FORWARD,
+    GREY,
+    LEFT,
+    NUM_COLORS,
+    RIGHT,
+    UNSEEN,
+    WALL,
+    BatchedEnv,
+    Obs,
+    Tensor,
+    check_int,
+    check_view_size,
+    encode_cells,
+    image_space,
+    window_coords,
+)
+from envs.reference import ReferenceEnv
+
+
+class InstructionConfig:
+    """Validated task parameters of the instruction task (shared by both implementations)."""
+
+    def __init__(
+        self,
+        size: int = 5,
+        num_objects: int = 4,
+        delay_min: int = 20,
+        delay_max: int = 40,
+        max_steps: int = 400,
+        view_size: int = 7,
+    ):
+        self.size = check_int("size", size, 2, 30)
+        self.num_objects = check_int("num_objects", num_objects, 2, NUM_COLORS)
+        # The longest way to any object (walk, turns, the final step into it):
+        # instructions must be at least that far apart to be possible to carry out.
+        self.longest_way = 2 * self.size + 4
+        self.delay_min = check_int("delay_min", delay_min, self.longest_way)
+        self.delay_max = check_int("delay_max", delay_max, self.delay_min)
+        self.max_steps = check_int("max_steps", max_steps, self.delay_min)
+        self.view_size = check_view_size(view_size)
+        # Instructions come at most every delay_min steps, the first at the start.
+        self.max_instructions = self.max_steps // self.delay_min + 1
+
+    def wall_cells(self) -> list[tuple[int, int]]:
+        """The wall cells where objects may stand (all but the corners), in a fixed order."""
+        inner = range(1, self.size + 1)
+        edge = self.size + 1
+        return (
+            [(x, 0) for x in inner]
+            + [(x, edge) for x in inner]
+            + [(0, y) for y in inner]
+            + [(edge, y) for y in inner]
+        )
+
+    def observation_space(self) -> gym.spaces.Dict:
+        """Image plus ``instruction``: 0 for none, ``c + 1`` for colour ``c`` (shown one step)."""
+        return gym.spaces.Dict(
+            {
+                "image": image_space(self.view_size),
+                "instruction": gym.spaces.Discrete(NUM_COLORS + 1),
+            }
+        )
+
+    def check_layout(self, layout: dict[str, Any]) -> dict[str, Any]:
+        """Validate a layout from :meth:`BatchedInstruction.layout`; return it normalised."""
+        try:
+            size = int(layout["size"])
+            objects = [tuple(int(v) for v in obj) for obj in layout["objects"]]
+            agent = tuple(int(v) for v in layout["agent"])
+            gaps = [int(v) for v in layout["gaps"]]
+            targets = [int(v) for v in layout["targets"]]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"instruction layout needs size, objects, agent, gaps, targets: {error}"
+            ) from None
+        if size != self.size or len(objects) != self.num_objects:
+            raise ValueError(
+                f"layout of size {size} with {len(objects)} objects does not match the env's "
+                f"size {self.size} with {self.num_objects} objects"
+            )
+        walls = set(self.wall_cells())
+        if any(len(obj) != 3 or obj[:2] not in walls for obj in objects) or len(
+            {obj[:2] for obj in objects}
+        ) != len(objects):
+            raise ValueError("instruction layout objects must stand on distinct wall cells")
+        if not all(0 <= t < self.num_objects for t in targets) or len(gaps) != len(targets):
+            raise ValueError("instruction layout targets must index the objects, one per gap")
+        if len(agent) != 3 or not all(1 <= v <= self.size for v in agent[:2]):
+            raise ValueError(f"instruction layout agent must be (x, y, dir) inside, got {agent}")
+        return {"objects": objects, "agent": agent, "gaps": gaps, "targets": targets}
+
+
+class BatchedInstruction(BatchedEnv):
+    """The instruction task for ``num_envs`` envs at once, as torch tensors.
+
+    See :class:`InstructionEnv` for the task. The whole instruction schedule
+    of an episode (gaps and targets, K of each) is drawn when it starts.
+    """
+
+    name = "instruction"
+
+    def __init__(
+        self,
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        **task_kwargs: Any,
+    ):
+        self.config = InstructionConfig(**task_kwargs)
+        self.size = self.config.size
+        self.view_size = self.config.view_size
+        self.single_observation_space = self.config.observation_space()
+        self.wall_cells = torch.tensor(self.config.wall_cells(), device=torch.device(device))
+        self.dir_vec = torch.tensor(DIR_TO_VEC, device=torch.device(device))  # [4, 2]
+        super().__init__(num_envs, self.config.max_steps, device, seed)
+
+    def _sample_episodes(self, mask: Tensor) -> None:
+        config, num_envs = self.config, self.num_envs
+        num_objects, count = config.num_objects, config.max_instructions
+        slots = torch.rand(
+            (num_envs, len(self.wall_cells)), generator=self.generator, device=self.device
+        ).argsort(1)[:, :num_objects]  # [B, N]
+        colors = torch.rand(
+            (num_envs, NUM_COLORS), generator=self.generator, device=self.device
+        ).argsort(1)[:, :num_objects]  # [B, N]
+        cells = self.wall_cells[slots]  # [B, N, 2]
+        targets = self.rand_int(0, num_objects - 1, (num_envs, count))  # [B, K]
+        first = targets[:, 0]
+        fresh = {
+            "agent_x": self.rand_int(1, self.size, (num_envs,)),
+            "agent_y": self.rand_int(1, self.size, (num_envs,)),
+            "direction": self.rand_int(0, 3, (num_envs,)),
+            "object_x": cells[..., 0],
+            "object_y": cells[..., 1],
+            "object_color": colors,
+            "gaps": self.rand_int(config.delay_min, config.delay_max, (num_envs, count)),
+            "targets": targets,
+            "target": first,
+            "active": torch.ones(num_envs, dtype=torch.bool, device=self.device),
+            "token": colors.gather(1, first[:, None]).squeeze(1) + 1,
+            "issued": torch.ones_like(first),
+            "carried": torch.zeros_like(first),
+            "resolved": torch.zeros_like(first),
+        }
+        fresh["until_next"] = fresh["gaps"][:, 0].clone()
+        for key, value in fresh.items():
+            old = getattr(self, key, None)
+            if old is None:
+                setattr(self, key, value)
+            else:
+                keep = mask.view(-1, *([1] * (value.dim() - 1)))
+                setattr(self, key, torch.where(keep, value, old))
+
+    def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
+        step = self.dir_vec[self.direction]  # [B, 2]
+        front_x, front_y = self.agent_x + step[:, 0], self.agent_y + step[:, 1]
+        forward = actions == FORWARD
+        inside = (front_x >= 1) & (front_x <= self.size) & (front_y >= 1) & (front_y <= self.size)
+        hits = (self.object_x == front_x[:, None]) & (self.object_y == front_y[:, None])  # [B, N]
+        move = forward & inside
+        self.agent_x = torch.where(move, front_x, self.agent_x)
+        self.agent_y = torch.where(move, front_y, self.agent_y)
+        turn = (actions == RIGHT).long() - (actions == LEFT).long()
+        self.direction = (self.direction + turn) % 4
+        # Reaching an object resolves the active instruction, right or wrong.
+        reach = forward & hits.any(1) & self.active
+        correct = reach & (hits.float().argmax(1) == self.target)
+        self.carried += correct.long()
+        self.resolved += reach.long()
+        self.active &= ~reach
+        # The next instruction replaces an unresolved one (which counts as failed).
+        self.until_next -= 1
+        issue = self.until_next == 0
+        self.resolved += (issue & self.active).long()
+        index = self.issued.clamp_max(self.config.max_instructions - 1)[:, None]  # [B, 1]
+        new_target = self.targets.gather(1, index).squeeze(1)
+        self.target = torch.where(issue, new_target, self.target)
+        self.active |= issue
+        color = self.object_color.gather(1, self.target[:, None]).squeeze(1)
+        self.token = torch.where(issue, color + 1, 0)
+        self.until_next = torch.where(issue, self.gaps.gather(1, index).squeeze(1), self.until_next)
+        self.issued += issue.long()
+        return correct.float(), torch.zeros_like(correct)
+
+    def _observe(self) -> Obs:
+        xs, ys = window_coords(self.agent_x, self.agent_y, self.view_size)
+        edge = self.size + 1
+        inside = (xs >= 0) & (xs <= edge) & (ys >= 0) & (ys <= edge)
+        wall = (xs == 0) | (xs == edge) | (ys == 0) | (ys == edge)
+        hits = (xs[..., None] == self.object_x[:, None, None]) & (
+            ys[..., None] == self.object_y[:, None, None]
+        )  # [B, V, V, N]
+        is_object = hits.any(-1)
+        object_color = (hits.long() * self.object_color[:, None, None]).sum(-1)  # [B, V, V]
+        zeros = torch.zeros_like(xs)
+        obj = torch.where(wall, WALL, EMPTY)
+        obj = torch.where(is_object, BALL, obj)
+        obj = torch.where(inside, obj, UNSEEN)
+        color = torch.where(wall & inside, GREY, zeros)
+        color = torch.where(is_object, object_color, color)
+        image = encode_cells(obj, color, zeros, self.direction)
+        return {"image": image, "instruction": self.token.clone()}
+
+    def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
+        success = done & (self.resolved > 0) & (self.carried == self.resolved)
+        return {
+            "success": success,
+            "instructions_carried": self.carried.clone(),
+            "instructions_resolved": self.resolved.clone(),
+        }
+
+    def layout(self, index: int) -> dict[str, Any]:
+        objects = zip(
+            self.object_x[index], self.object_y[index], self.object_color[index], strict=True
+        )
+        return {
+            "size": self.size,
+            "objects": [[int(x), int(y), int(c)] for x, y, c in objects],
+            "agent": [
+                int(self.agent_x[index]),
+                int(self.agent_y[index]),
+                int(self.direction[index]),
+            ],
+            "gaps": [int(v) for v in self.gaps[index]],
+            "targets": [int(v) for v in self.targets[index]],
+        }
+
+    def oracle_actions(self) -> Tensor:
+        """Walk to the cell beside the active target (x first, then y), face it, step in."""
+        goal_x = self.object_x.gather(1, self.target[:, None]).squeeze(1)
+        goal_y = self.object_y.gather(1, self.target[:, None]).squeeze(1)
+        stand_x, stand_y = goal_x.clamp(1, self.size), goal_y.clamp(1, self.size)
+        dx, dy = stand_x - self.agent_x, stand_y - self.agent_y
+        # Heading wanted: along x while x is off, then along y, then into the object.
+        face_x, face_y = goal_x - stand_x, goal_y - stand_y
+        want_dx = torch.where(dx != 0, dx.sign(), torch.where(dy != 0, 0, face_x))
+        want_dy = torch.where(dx != 0, 0, torch.where(dy != 0, dy.sign(), face_y))
+        want = self._direction_of(want_dx, want_dy)
+        delta = (want - self.direction) % 4
+        action = torch.where(delta == 0, FORWARD, torch.where(delta == 1, RIGHT, LEFT))
+        return torch.where(self.active, action, LEFT)
+
+    def _direction_of(self, dx: Tensor, dy: Tensor) -> Tensor:
+        """Direction index of a unit step (dx, dy)."""
+        matches = (self.dir_vec[None, :, 0] == dx[:, None]) & (
+            self.dir_vec[None, :, 1] == dy[:, None]
+        )
+        return matches.long().argmax(1)
+
+
+class InstructionEnv(ReferenceEnv):
+    """Instruction: hold the latest instruction, drop the stale ones.
+
+    ## Description
+    A square room of ``size`` x ``size`` free cells with ``num_objects`` balls
+    of distinct colours set into its walls. At the start and then every
+    ``delay_min``..``delay_max`` steps (drawn at random), an instruction
+    names one ball's colour; it is visible for that single step. Reaching
+    the named ball (stepping into it) carries the instruction out; reaching
+    another ball fails it; a new instruction replaces an unresolved one,
+    which then counts as failed. Reaching a ball with no instruction active
+    does nothing.
+
+    ## Observation
+    ``{"image": uint8[V, V, 3], "instruction": int}``: minigrid (object,
+    colour, state) triples of the ``view_size`` x ``view_size`` cells around
+    the agent (top-down; the agent's cell shows its heading), and the colour
+    of a new instruction plus one on the step it is given, 0 otherwise.
+
+    ## Actions
+    ``0 left, 1 right, 2 forward``: turn left, turn right, move one cell
+    ahead (stepping into a ball reaches it; walls block).
+
+    ## Rewards
+    +1 for each instruction carried out.
+
+    ## Termination
+    Never terminates; truncated after ``max_steps``. ``info`` at the end:
+    ``instructions_carried`` and ``instructions_resolved`` (an instruction
+    still open at the time limit is not counted) and ``success`` (every
+    resolved instruction carried out).
+
+    ## Memory requirement
+    The latest instruction (one of ``num_objects`` colours), from the one step
+    it is shown until the ball is reached, up to ``delay_max`` steps, and the
+    knowledge that it has been carried out (a stale instruction must not be
+    acted on). Oracle: every instruction carried out (``delay_min`` is at
+    least the longest way to a ball, ``2 * size + 4``). Memoryless bound: a
+    policy that sees the instruction for one step and then forgets it carries
+    out about ``1 / num_objects`` of them (e.g. by waiting in front of one
+    ball); a reactive policy could still hide a little information in its own
+    heading and position, so this bound is the strategy's, not a proof.
+
+    ## Registered configurations
+    ``ExpireRL/Instruction-v0`` (``size=5, num_objects=4, delay_min=20,
+    delay_max=40, max_steps=400, view_size=7``); every parameter can be
+    passed to ``gymnasium.make``.
+    """
+
+    def __init__(
+        self,
+        size: int = 5,
+        num_objects: int = 4,
+        delay_min: int = 20,
+        delay_max: int = 40,
+        max_steps: int = 400,
+        view_size: int = 7,
+        render_mode: str | None = None,
+        **render_kwargs: Any,
+    ):
+        self.config = InstructionConfig(
+            size, num_objects, delay_min, delay_max, max_steps, view_size
+        )
+        self.render_window = (self.config.size + 2, self.config.size + 2)
+        super().__init__(
+            width=self.config.size + 2,
+            height=self.config.size + 2,
+            max_steps=self.config.max_steps,
+            view_size=self.config.view_size,
+            mission="go to the ball of the latest colour you were told",
+            extra_spaces={"instruction": self.config.observation_space()["instruction"]},
+            render_mode=render_mode,
+            **render_kwargs,
+        )
+
+    def _sample_layout(self) -> dict[str, Any]:
+        config, rng = self.config, self.np_random
+        walls = config.wall_cells()
+        slots = rng.choice(len(walls), config.num_objects, replace=False)
+        colors = rng.choice(NUM_COLORS, config.num_objects, replace=False)
+        count = config.max_instructions
+        return {
+            "size": config.size,
+            "objects": [[*walls[s], int(c)] for s, c in zip(slots, colors, strict=True)],
+            "agent": [*(int(v) for v in rng.integers(1, config.size + 1, 2)), int(rng.integers(4))],
+            "gaps": [int(v) for v in rng.integers(config.delay_min, config.delay_max + 1, count)],
+            "targets": [int(v) for v in rng.integers(0, config.num_objects, count)],
+        }
+
+    def _build(self, layout: dict[str, Any]) -> None:
+        values = self.config.check_layout(layout)
+        self.objects = values["objects"]
+        self.gaps, self.targets = values["gaps"], values["targets"]
+        self.grid = self.grid.__class__(self.width, self.height)
+        self.grid.wall_rect(0, 0, self.width, self.height)
+        for x, y, color in self.objects:
+            self.grid.set(x, y, Ball(COLOR_NAMES[color]))
+        x, y, direction = values["agent"]
+        self.agent_pos, self.agent_dir = (x, y), direction
+        self.carried = self.resolved = 0
+        self._issue(0)
+
+    def _issue(self, index: int) -> None:
+        """Give instruction ``index`` of the schedule; the next comes ``gaps[index]`` later."""
+        index = min(index, len(self.targets) - 1)
+        self.issued = index + 1
+        self.target, self.active = self.targets[index], True
+        self.token = self.objects[self.target][2] + 1
+        self.until_next = self.gaps[index]
+
+    def _apply(self, action: int) -> tuple[float, bool]:
+        x, y = self.agent_pos
+        dx, dy = DIR_TO_VEC[self.agent_dir]
+        front = (x + dx, y + dy)
+        reward = 0.0
+        if action == LEFT:
+            self.agent_dir = (self.agent_dir - 1) % 4
+        elif action == RIGHT:
+            self.agent_dir = (self.agent_dir + 1) % 4
+        elif 1 <= front[0] <= self.config.size and 1 <= front[1] <= self.config.size:
+            self.agent_pos = front
+        else:
+            hit = [i for i, obj in enumerate(self.objects) if obj[:2] == front]
+            if hit and self.active:
+                reward = float(hit[0] == self.target)
+                self.carried += int(reward)
+                self.resolved += 1
+                self.active = False
+        self.token = 0
+        self.until_next -= 1
+        if self.until_next == 0:
+            self.resolved += int(self.active)
+            self._issue(self.issued)
+        return reward, False
+
+    def _extra_obs(self) -> dict[str, Any]:
+        return {"instruction": self.token}
+
+    def _episode_info(self) -> dict[str, Any]:
+        return {
+            "success": self.resolved > 0 and self.carried == self.resolved,
+            "instructions_carried": self.carried,
+            "instructions_resolved": self.resolved,
+        }

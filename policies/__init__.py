@@ -1,0 +1,1 @@
+"""Memory policies: observation encoder, actor-critic heads and memory cores."""
