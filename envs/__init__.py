@@ -89,6 +89,7 @@ __all__ = [
     "NUM_ACTIONS",
     "TASKS",
     "BatchedEnv",
+    "NumpyVectorEnv",
     "make_batched",
     "make_reference",
     "make_vector",

@@ -94,8 +94,13 @@ class BatchedEnv(abc.ABC):
     """Base class of the batched tasks: ``num_envs`` copies stepped at once as tensors.
 
     Subclasses keep their whole state as tensors with ``num_envs`` first and
-    implement ``_sample_episodes`` (fresh episodes for the envs in a mask),
-    ``_apply`` (one step of the dynamics) and ``_observe``.
+    implement ``_new_episodes`` (the per-episode state of ``count`` fresh
+    episodes), ``_apply`` (one step of the dynamics) and ``_observe``.
+
+    Starting episodes in the envs that just finished: on CPU only those envs
+    draw fresh episodes (found with ``nonzero``, free there); on an
+    accelerator every env draws one and ``torch.where`` keeps the running
+    ones, so that no step waits on the host.
 
     Finished environments reset inside the same ``step``: the returned
     observation is the new episode's first one, and ``info`` holds
@@ -117,14 +122,14 @@ class BatchedEnv(abc.ABC):
         self._seed(seed)
         self.step_count = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self.episode_return = torch.zeros(self.num_envs, device=self.device)
-        self._sample_episodes(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self._start_episodes(None)
 
     # -- the subclass's part ------------------------------------------------
     single_observation_space: gym.spaces.Dict
 
     @abc.abstractmethod
-    def _sample_episodes(self, mask: Tensor) -> None:
-        """Start new episodes in the envs where ``mask`` [B] is true."""
+    def _new_episodes(self, count: int) -> dict[str, Tensor]:
+        """Per-episode state of ``count`` fresh episodes: attribute name -> [count, ...]."""
 
     @abc.abstractmethod
     def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,6 +138,10 @@ class BatchedEnv(abc.ABC):
     @abc.abstractmethod
     def _observe(self) -> Obs:
         """The current observation of every env."""
+
+    def _final_observe(self) -> Obs:
+        """The observation of an episode's last state (before the reset); see ``step``."""
+        return self._observe()
 
     @abc.abstractmethod
     def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
@@ -167,8 +176,7 @@ class BatchedEnv(abc.ABC):
         """
         if seed is not None:
             self._seed(seed)
-        everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        self._sample_episodes(everyone)
+        self._start_episodes(None)
         self.episode_return.zero_()
         if desync:
             self.step_count = self.rand_int(0, self.max_steps - 1, (self.num_envs,))
@@ -176,22 +184,39 @@ class BatchedEnv(abc.ABC):
             self.step_count.zero_()
         return self._observe()
 
+    def _start_episodes(self, done: Tensor | None) -> None:
+        """Start fresh episodes in every env (``done=None``) or where ``done`` [B] is true."""
+        if done is None:
+            for key, value in self._new_episodes(self.num_envs).items():
+                setattr(self, key, value)
+        elif self.device.type == "cpu":
+            index = done.nonzero().squeeze(1)  # [n]
+            if len(index) > 0:
+                for key, value in self._new_episodes(len(index)).items():
+                    getattr(self, key)[index] = value
+                self.episode_return[index] = 0.0
+                self.step_count[index] = 0
+        else:
+            for key, value in self._new_episodes(self.num_envs).items():
+                keep = done.view(-1, *([1] * (value.dim() - 1)))
+                setattr(self, key, torch.where(keep, value, getattr(self, key)))
+            self.episode_return.masked_fill_(done, 0.0)
+            self.step_count.masked_fill_(done, 0)
+
     def step(self, actions: Tensor) -> StepResult:
         """Step every env with ``actions`` [B] (ints in [0, 3))."""
-        actions = torch.as_tensor(actions, device=self.device).long()
+        actions = torch.as_tensor(actions, device=self.device)
         reward, terminated = self._apply(actions)
         self.step_count += 1
-        truncated = ~terminated & (self.step_count >= self.max_steps)
+        truncated = (self.step_count >= self.max_steps) & ~terminated
         done = terminated | truncated
         self.episode_return += reward
         info = self._episode_info(done)
         info["episode_return"] = self.episode_return.clone()
         info["episode_length"] = self.step_count.clone()
         if self.keep_final_obs:
-            info["final_obs"] = self._observe()
-        self._sample_episodes(done)
-        self.episode_return.masked_fill_(done, 0.0)
-        self.step_count.masked_fill_(done, 0)
+            info["final_obs"] = self._final_observe()
+        self._start_episodes(done)
         return self._observe(), reward, terminated, truncated, info
 
     def __repr__(self) -> str:
@@ -243,3 +268,24 @@ def segment_cells(
     color = torch.where(inside, color, zeros)
     state = torch.where(top | bottom, end_state, zeros)
     return obj, color, state
+
+
+def segment_boundaries(length: int, half: int) -> list[int]:
+    """Positions along a segment where the agent's window changes.
+
+    The window of half-width ``half`` at ``position`` (0 = start, ``length`` =
+    end) differs from the one before it only within ``half`` cells of either
+    end; in between every window looks alike. So
+    ``torch.bucketize(position, boundaries, right=True)`` numbers the distinct
+    windows, and observations are looked up in a table built once (one row
+    per bucket, :func:`bucket_representatives`): a step costs a few tensor ops
+    whatever the view size.
+    """
+    return sorted(
+        {*range(1, half + 2), *range(length - half, length + 1)} & {*range(1, length + 1)}
+    )
+
+
+def bucket_representatives(boundaries: list[int]) -> list[int]:
+    """One position in each bucket of :func:`segment_boundaries` (its first)."""
+    return [0, *boundaries]

@@ -28,10 +28,12 @@ from envs.core import (
     BatchedEnv,
     Obs,
     Tensor,
+    bucket_representatives,
     check_int,
     check_view_size,
     encode_cells,
     image_space,
+    segment_boundaries,
     segment_cells,
     window_coords,
 )
@@ -103,44 +105,99 @@ class BatchedCorridor(BatchedEnv):
         self.length = self.config.length
         self.view_size = self.config.view_size
         self.single_observation_space = gym.spaces.Dict({"image": image_space(self.view_size)})
+        self.device = torch.device(device)
+        boundaries = segment_boundaries(self.length, self.view_size // 2)
+        self.boundaries = torch.tensor(boundaries, device=self.device)
+        self.kind_keys, self.kind_turns = self._episode_kinds()
         super().__init__(num_envs, self.config.max_steps, device, seed)
+        self.table = self._build_table()
 
-    def _sample_episodes(self, mask: Tensor) -> None:
-        shape = (self.num_envs,)
-        cue = self.rand_int(0, self.config.num_colors - 1, shape)
-        other = (cue + self.rand_int(1, self.config.num_colors - 1, shape)) % self.config.num_colors
-        cue_on_top = self.rand_int(0, 1, shape).bool()
-        fresh = {
-            "position": torch.zeros_like(cue),
-            "direction": torch.full_like(cue, EAST),
-            "cue": cue,
-            "top": torch.where(cue_on_top, cue, other),
-            "bottom": torch.where(cue_on_top, other, cue),
+    def _episode_kinds(self) -> tuple[Tensor, Tensor]:
+        """Every possible episode (colour key, right turn): cue, other colour, cue on top or not."""
+        colors = self.config.num_colors
+        keys, turns = [], []
+        for cue in range(colors):
+            for other in range(colors):
+                if other != cue:
+                    keys += [
+                        (cue * colors + cue) * colors + other,
+                        (cue * colors + other) * colors + cue,
+                    ]
+                    turns += [LEFT, RIGHT]
+        return torch.tensor(keys, device=self.device), torch.tensor(turns, device=self.device)
+
+    def _new_episodes(self, count: int) -> dict[str, Tensor]:
+        # Uniform over the kinds = uniform cue, uniform other colour, fair coin for the side.
+        draws = torch.rand(count, generator=self.generator, device=self.device)
+        kinds = len(self.kind_keys)
+        kind = (draws * kinds).long().clamp_max(kinds - 1)
+        return {
+            "position": torch.zeros_like(kind),
+            "color_key": self.kind_keys[kind],
+            "table_base": self.kind_keys[kind] * (len(self.boundaries) + 1),
+            "right_turn": self.kind_turns[kind],
         }
-        for key, value in fresh.items():
-            old = getattr(self, key, None)
-            setattr(self, key, value if old is None else torch.where(mask, value, old))
+
+    # The colours are kept packed in one key (the table lookup needs only it).
+    @property
+    def cue(self) -> Tensor:
+        return self.color_key // self.config.num_colors**2
+
+    @property
+    def top(self) -> Tensor:
+        return self.color_key // self.config.num_colors % self.config.num_colors
+
+    @property
+    def bottom(self) -> Tensor:
+        return self.color_key % self.config.num_colors
 
     def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
-        at_junction = self.position == self.length
-        self.position = self.position + ((actions == FORWARD) & ~at_junction).long()
-        terminated = at_junction & (actions != FORWARD)
-        chosen = torch.where(actions == LEFT, self.top, self.bottom)
-        self.success = terminated & (chosen == self.cue)
-        turned = torch.where(actions == LEFT, NORTH, SOUTH)
-        self.direction = torch.where(terminated, turned, self.direction)
+        terminated = (self.position == self.length) & (actions != FORWARD)
+        self.position += actions == FORWARD
+        self.position.clamp_max_(self.length)  # forward at the junction bumps into the wall
+        self.success = terminated & (actions == self.right_turn)
+        self.actions, self.terminated = actions, terminated
         return self.success.float(), terminated
 
-    def _observe(self) -> Obs:
-        xs, ys = window_coords(self.position + 1, torch.full_like(self.position, 2), self.view_size)
-        obj, color, state = segment_cells(xs, ys, self.length, GREY, BALL, 0, self.top, self.bottom)
+    def _render(self, position: Tensor, cue: Tensor, top: Tensor, bottom: Tensor) -> Tensor:
+        """The window [K, V, V, 3] at ``position`` [K] for the given colours (heading east)."""
+        y = torch.full_like(position, CORRIDOR_ROW)
+        xs, ys = window_coords(position + 1, y, self.view_size)
+        obj, color, state = segment_cells(xs, ys, self.length, GREY, BALL, 0, top, bottom)
         cue_cell = (xs == 1) & (ys == CORRIDOR_ROW - 1)
         obj = torch.where(cue_cell, BALL, obj)
-        color = torch.where(cue_cell, self.cue[:, None, None].expand_as(color), color)
-        return {"image": encode_cells(obj, color, state, self.direction)}
+        color = torch.where(cue_cell, cue[:, None, None].expand_as(color), color)
+        return encode_cells(obj, color, state, torch.full_like(position, EAST))
+
+    def _build_table(self) -> Tensor:
+        """Every distinct window: [C**3 * buckets, V, V, 3], see :meth:`_observe`."""
+        colors = self.config.num_colors
+        positions = bucket_representatives(self.boundaries.tolist())
+        grid = torch.cartesian_prod(
+            torch.arange(colors),
+            torch.arange(colors),
+            torch.arange(colors),
+            torch.tensor(positions),
+        ).to(self.device)  # [C**3 * buckets, 4]: cue, top, bottom, position
+        cue, top, bottom, position = grid.unbind(1)
+        return self._render(position, cue, top, bottom)
+
+    def _observe(self) -> Obs:
+        # Look the window up by (colours, position bucket): the agent heads east.
+        bucket = torch.bucketize(self.position, self.boundaries, right=True)
+        return {"image": self.table.index_select(0, self.table_base + bucket)}
+
+    def _final_observe(self) -> Obs:
+        # An episode that ended in an arm shows the agent turned towards it.
+        obs = self._observe()
+        turned = torch.where(self.actions == LEFT, NORTH, SOUTH)
+        centre = self.view_size // 2
+        heading = torch.where(self.terminated, turned, EAST).to(torch.uint8)
+        obs["image"][:, centre, centre, 2] = heading
+        return obs
 
     def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
-        return {"success": self.success & done}
+        return {"success": self.success}  # only true where the episode terminated
 
     def layout(self, index: int) -> dict[str, Any]:
         return {
@@ -152,8 +209,7 @@ class BatchedCorridor(BatchedEnv):
 
     def oracle_actions(self) -> Tensor:
         """Forward to the junction, then into the arm whose object has the cue's colour."""
-        turn = torch.where(self.top == self.cue, LEFT, RIGHT)
-        return torch.where(self.position == self.length, turn, FORWARD)
+        return torch.where(self.position == self.length, self.right_turn, FORWARD)
 
 
 class CorridorEnv(ReferenceEnv):

@@ -15,6 +15,7 @@ import torch
 from minigrid.core.world_object import Ball
 
 from envs.core import (
+    AGENT,
     BALL,
     COLOR_NAMES,
     DIR_TO_VEC,
@@ -23,6 +24,7 @@ from envs.core import (
     GREY,
     LEFT,
     NUM_COLORS,
+    RED,
     RIGHT,
     UNSEEN,
     WALL,
@@ -31,9 +33,7 @@ from envs.core import (
     Tensor,
     check_int,
     check_view_size,
-    encode_cells,
     image_space,
-    window_coords,
 )
 from envs.reference import ReferenceEnv
 
@@ -114,11 +114,18 @@ class InstructionConfig:
 class BatchedInstruction(BatchedEnv):
     """The instruction task for ``num_envs`` envs at once, as torch tensors.
 
-    See :class:`InstructionEnv` for the task. The whole instruction schedule
-    of an episode (gaps and targets, K of each) is drawn when it starts.
+    See :class:`InstructionEnv` for the task. Each env keeps its room as a
+    padded picture: ``room`` [B, W * W * 3] holds the (object, colour, state)
+    triple of every cell, with ``V // 2`` cells of ``unseen`` around the walls
+    (W = S + 2 + 2 * (V // 2)), and ``blocker`` [B, W * W] says what stops a
+    step into each cell (0 free, k + 1 ball k, ``WALL_CODE`` wall or outside).
+    The agent is one flat cell index into them, so a step is a few gathers.
+    The whole instruction schedule of an episode (K gaps and targets) is drawn
+    when it starts.
     """
 
     name = "instruction"
+    WALL_CODE = 255
 
     def __init__(
         self,
@@ -131,95 +138,106 @@ class BatchedInstruction(BatchedEnv):
         self.size = self.config.size
         self.view_size = self.config.view_size
         self.single_observation_space = self.config.observation_space()
-        self.wall_cells = torch.tensor(self.config.wall_cells(), device=torch.device(device))
-        self.dir_vec = torch.tensor(DIR_TO_VEC, device=torch.device(device))  # [4, 2]
+        self.device = torch.device(device)
+        self.half = self.view_size // 2
+        self.width = self.size + 2 + 2 * self.half  # W, of the padded room
+        self._build_templates()
         super().__init__(num_envs, self.config.max_steps, device, seed)
 
-    def _sample_episodes(self, mask: Tensor) -> None:
-        config, num_envs = self.config, self.num_envs
-        num_objects, count = config.num_objects, config.max_instructions
-        slots = torch.rand(
-            (num_envs, len(self.wall_cells)), generator=self.generator, device=self.device
-        ).argsort(1)[:, :num_objects]  # [B, N]
-        colors = torch.rand(
-            (num_envs, NUM_COLORS), generator=self.generator, device=self.device
-        ).argsort(1)[:, :num_objects]  # [B, N]
-        cells = self.wall_cells[slots]  # [B, N, 2]
-        targets = self.rand_int(0, num_objects - 1, (num_envs, count))  # [B, K]
-        first = targets[:, 0]
-        fresh = {
-            "agent_x": self.rand_int(1, self.size, (num_envs,)),
-            "agent_y": self.rand_int(1, self.size, (num_envs,)),
-            "direction": self.rand_int(0, 3, (num_envs,)),
-            "object_x": cells[..., 0],
-            "object_y": cells[..., 1],
+    def _padded(self, x: Tensor | int, y: Tensor | int) -> Tensor | int:
+        """Flat index in the padded room of grid cell (x, y) (x-major, like the image)."""
+        return (x + self.half) * self.width + (y + self.half)
+
+    def _build_templates(self) -> None:
+        size, width, device = self.size, self.width, self.device
+        coords = torch.arange(width, device=device) - self.half  # grid coordinate of each column
+        xs, ys = torch.meshgrid(coords, coords, indexing="ij")  # [W, W]
+        edge = size + 1
+        inside = (xs >= 0) & (xs <= edge) & (ys >= 0) & (ys <= edge)
+        wall = inside & ((xs == 0) | (xs == edge) | (ys == 0) | (ys == edge))
+        obj = torch.where(wall, WALL, torch.where(inside, EMPTY, UNSEEN))
+        color = torch.where(wall, GREY, 0)
+        room = torch.stack([obj, color, torch.zeros_like(obj)], dim=-1)  # [W, W, 3]
+        self.room_template = room.to(torch.uint8).flatten()  # [W * W * 3]
+        self.blocker_template = torch.where(wall | ~inside, self.WALL_CODE, 0).to(torch.uint8)
+        self.blocker_template = self.blocker_template.flatten()  # [W * W]
+        walls = self.config.wall_cells()
+        self.wall_cells = torch.tensor([self._padded(x, y) for x, y in walls], device=device)
+        # Flat offsets of the window's cells and channels around the agent's cell.
+        window = torch.arange(self.view_size, device=device) - self.half
+        cells = window[:, None] * width + window[None, :]  # [V, V]
+        self.window_offsets = (cells[..., None] * 3 + torch.arange(3, device=device)).flatten()
+        # A step in direction d moves by step_offset[d] in the flat room.
+        self.step_offset = torch.tensor([dx * width + dy for dx, dy in DIR_TO_VEC], device=device)
+        self.agent_triples = torch.tensor(
+            [[AGENT, RED, d] for d in range(4)], dtype=torch.uint8, device=device
+        )
+
+    def _new_episodes(self, count: int) -> dict[str, Tensor]:
+        config, generator, device = self.config, self.generator, self.device
+        num_objects, schedule = config.num_objects, config.max_instructions
+        slots = torch.rand((count, len(self.wall_cells)), generator=generator, device=device)
+        cells = self.wall_cells[slots.argsort(1)[:, :num_objects]]  # [n, N]: distinct wall cells
+        colors = torch.rand((count, NUM_COLORS), generator=generator, device=device)
+        colors = colors.argsort(1)[:, :num_objects]  # [n, N]: distinct colours
+        room = self.room_template.repeat(count, 1)  # [n, W * W * 3]
+        room.scatter_(1, cells * 3, BALL)
+        room.scatter_(1, cells * 3 + 1, colors.to(torch.uint8))
+        blocker = self.blocker_template.repeat(count, 1)  # [n, W * W]
+        ball_codes = torch.arange(1, num_objects + 1, dtype=torch.uint8, device=device)
+        blocker.scatter_(1, cells, ball_codes.expand(count, -1))
+        targets = self.rand_int(0, num_objects - 1, (count, schedule))  # [n, K]
+        gaps = self.rand_int(config.delay_min, config.delay_max, (count, schedule))  # [n, K]
+        agent_x = self.rand_int(1, self.size, (count,))
+        agent_y = self.rand_int(1, self.size, (count,))
+        return {
+            "room": room,
+            "blocker": blocker,
+            "object_cells": cells,
             "object_color": colors,
-            "gaps": self.rand_int(config.delay_min, config.delay_max, (num_envs, count)),
+            "cell": self._padded(agent_x, agent_y),
+            "direction": self.rand_int(0, 3, (count,)),
+            "gaps": gaps,
             "targets": targets,
-            "target": first,
-            "active": torch.ones(num_envs, dtype=torch.bool, device=self.device),
-            "token": colors.gather(1, first[:, None]).squeeze(1) + 1,
-            "issued": torch.ones_like(first),
-            "carried": torch.zeros_like(first),
-            "resolved": torch.zeros_like(first),
+            # The first instruction is given at the start.
+            "target": targets[:, 0],
+            "active": torch.ones(count, dtype=torch.bool, device=device),
+            "token": colors.gather(1, targets[:, :1]).squeeze(1) + 1,
+            "until_next": gaps[:, 0].clone(),
+            "issued": torch.ones_like(targets[:, 0]),
+            "carried": torch.zeros_like(targets[:, 0]),
+            "resolved": torch.zeros_like(targets[:, 0]),
         }
-        fresh["until_next"] = fresh["gaps"][:, 0].clone()
-        for key, value in fresh.items():
-            old = getattr(self, key, None)
-            if old is None:
-                setattr(self, key, value)
-            else:
-                keep = mask.view(-1, *([1] * (value.dim() - 1)))
-                setattr(self, key, torch.where(keep, value, old))
 
     def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
-        step = self.dir_vec[self.direction]  # [B, 2]
-        front_x, front_y = self.agent_x + step[:, 0], self.agent_y + step[:, 1]
+        front = self.cell + self.step_offset[self.direction]  # [B]
+        blocker = self.blocker.gather(1, front[:, None]).squeeze(1).long()  # [B]
         forward = actions == FORWARD
-        inside = (front_x >= 1) & (front_x <= self.size) & (front_y >= 1) & (front_y <= self.size)
-        hits = (self.object_x == front_x[:, None]) & (self.object_y == front_y[:, None])  # [B, N]
-        move = forward & inside
-        self.agent_x = torch.where(move, front_x, self.agent_x)
-        self.agent_y = torch.where(move, front_y, self.agent_y)
-        turn = (actions == RIGHT).long() - (actions == LEFT).long()
-        self.direction = (self.direction + turn) % 4
-        # Reaching an object resolves the active instruction, right or wrong.
-        reach = forward & hits.any(1) & self.active
-        correct = reach & (hits.float().argmax(1) == self.target)
-        self.carried += correct.long()
-        self.resolved += reach.long()
+        self.cell = torch.where(forward & (blocker == 0), front, self.cell)
+        self.direction = (self.direction + (actions == RIGHT).long() - (actions == LEFT).long()) % 4
+        # Reaching a ball resolves the active instruction, right or wrong.
+        reach = forward & (blocker > 0) & (blocker != self.WALL_CODE) & self.active
+        correct = reach & (blocker == self.target + 1)
+        self.carried += correct
+        self.resolved += reach
         self.active &= ~reach
         # The next instruction replaces an unresolved one (which counts as failed).
         self.until_next -= 1
         issue = self.until_next == 0
-        self.resolved += (issue & self.active).long()
+        self.resolved += issue & self.active
         index = self.issued.clamp_max(self.config.max_instructions - 1)[:, None]  # [B, 1]
-        new_target = self.targets.gather(1, index).squeeze(1)
-        self.target = torch.where(issue, new_target, self.target)
+        self.target = torch.where(issue, self.targets.gather(1, index).squeeze(1), self.target)
         self.active |= issue
         color = self.object_color.gather(1, self.target[:, None]).squeeze(1)
         self.token = torch.where(issue, color + 1, 0)
         self.until_next = torch.where(issue, self.gaps.gather(1, index).squeeze(1), self.until_next)
-        self.issued += issue.long()
+        self.issued += issue
         return correct.float(), torch.zeros_like(correct)
 
     def _observe(self) -> Obs:
-        xs, ys = window_coords(self.agent_x, self.agent_y, self.view_size)
-        edge = self.size + 1
-        inside = (xs >= 0) & (xs <= edge) & (ys >= 0) & (ys <= edge)
-        wall = (xs == 0) | (xs == edge) | (ys == 0) | (ys == edge)
-        hits = (xs[..., None] == self.object_x[:, None, None]) & (
-            ys[..., None] == self.object_y[:, None, None]
-        )  # [B, V, V, N]
-        is_object = hits.any(-1)
-        object_color = (hits.long() * self.object_color[:, None, None]).sum(-1)  # [B, V, V]
-        zeros = torch.zeros_like(xs)
-        obj = torch.where(wall, WALL, EMPTY)
-        obj = torch.where(is_object, BALL, obj)
-        obj = torch.where(inside, obj, UNSEEN)
-        color = torch.where(wall & inside, GREY, zeros)
-        color = torch.where(is_object, object_color, color)
-        image = encode_cells(obj, color, zeros, self.direction)
+        index = self.cell[:, None] * 3 + self.window_offsets  # [B, V * V * 3]
+        image = self.room.gather(1, index).view(self.num_envs, self.view_size, self.view_size, 3)
+        image[:, self.half, self.half] = self.agent_triples[self.direction]
         return {"image": image, "instruction": self.token.clone()}
 
     def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
@@ -230,13 +248,27 @@ class BatchedInstruction(BatchedEnv):
             "instructions_resolved": self.resolved.clone(),
         }
 
+    @property
+    def agent_x(self) -> Tensor:
+        return torch.div(self.cell, self.width, rounding_mode="floor") - self.half
+
+    @property
+    def agent_y(self) -> Tensor:
+        return self.cell % self.width - self.half
+
+    @property
+    def object_x(self) -> Tensor:
+        return torch.div(self.object_cells, self.width, rounding_mode="floor") - self.half
+
+    @property
+    def object_y(self) -> Tensor:
+        return self.object_cells % self.width - self.half
+
     def layout(self, index: int) -> dict[str, Any]:
-        objects = zip(
-            self.object_x[index], self.object_y[index], self.object_color[index], strict=True
-        )
+        columns = (self.object_x[index], self.object_y[index], self.object_color[index])
         return {
             "size": self.size,
-            "objects": [[int(x), int(y), int(c)] for x, y, c in objects],
+            "objects": [[int(x), int(y), int(c)] for x, y, c in zip(*columns, strict=True)],
             "agent": [
                 int(self.agent_x[index]),
                 int(self.agent_y[index]),
@@ -248,25 +280,20 @@ class BatchedInstruction(BatchedEnv):
 
     def oracle_actions(self) -> Tensor:
         """Walk to the cell beside the active target (x first, then y), face it, step in."""
+        agent_x, agent_y = self.agent_x, self.agent_y
         goal_x = self.object_x.gather(1, self.target[:, None]).squeeze(1)
         goal_y = self.object_y.gather(1, self.target[:, None]).squeeze(1)
         stand_x, stand_y = goal_x.clamp(1, self.size), goal_y.clamp(1, self.size)
-        dx, dy = stand_x - self.agent_x, stand_y - self.agent_y
+        dx, dy = stand_x - agent_x, stand_y - agent_y
         # Heading wanted: along x while x is off, then along y, then into the object.
         face_x, face_y = goal_x - stand_x, goal_y - stand_y
         want_dx = torch.where(dx != 0, dx.sign(), torch.where(dy != 0, 0, face_x))
         want_dy = torch.where(dx != 0, 0, torch.where(dy != 0, dy.sign(), face_y))
-        want = self._direction_of(want_dx, want_dy)
+        # Directions 0..3 are east, south, west, north: (1,0), (0,1), (-1,0), (0,-1).
+        want = torch.where(want_dx != 0, 1 - want_dx, 2 - want_dy)
         delta = (want - self.direction) % 4
         action = torch.where(delta == 0, FORWARD, torch.where(delta == 1, RIGHT, LEFT))
         return torch.where(self.active, action, LEFT)
-
-    def _direction_of(self, dx: Tensor, dy: Tensor) -> Tensor:
-        """Direction index of a unit step (dx, dy)."""
-        matches = (self.dir_vec[None, :, 0] == dx[:, None]) & (
-            self.dir_vec[None, :, 1] == dy[:, None]
-        )
-        return matches.long().argmax(1)
 
 
 class InstructionEnv(ReferenceEnv):

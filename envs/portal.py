@@ -27,10 +27,12 @@ from envs.core import (
     BatchedEnv,
     Obs,
     Tensor,
+    bucket_representatives,
     check_int,
     check_view_size,
     encode_cells,
     image_space,
+    segment_boundaries,
     segment_cells,
     window_coords,
 )
@@ -94,25 +96,23 @@ class BatchedPortal(BatchedEnv):
         self.config = PortalConfig(**task_kwargs)
         self.view_size = self.config.view_size
         self.single_observation_space = gym.spaces.Dict({"image": image_space(self.view_size)})
+        boundaries = segment_boundaries(self.config.room_length, self.view_size // 2)
+        self.boundaries = torch.tensor(boundaries, device=torch.device(device))
         super().__init__(num_envs, self.config.max_steps, device, seed)
+        self.table = self._build_table()
 
-    def _sample_episodes(self, mask: Tensor) -> None:
-        rooms = self.config.num_rooms
-        zeros = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        fresh = {
+    def _new_episodes(self, count: int) -> dict[str, Tensor]:
+        zeros = torch.zeros(count, dtype=torch.long, device=self.device)
+        draws = torch.rand(
+            (count, self.config.num_rooms), generator=self.generator, device=self.device
+        )
+        return {
             "room": zeros,
-            "position": zeros,
-            "correct": self.rand_int(0, 1, (self.num_envs, rooms)),  # [B, N]: 0 top, 1 bottom
-            "goals": zeros,
-            "wrong_after_first_goal": zeros,
+            "position": zeros.clone(),
+            "correct": (draws < 0.5).long(),  # [n, N]: 0 top, 1 bottom
+            "goals": zeros.clone(),
+            "wrong_after_first_goal": zeros.clone(),
         }
-        for key, value in fresh.items():
-            old = getattr(self, key, None)
-            if old is None:
-                setattr(self, key, value)
-            else:
-                keep = mask[:, None] if value.dim() == 2 else mask
-                setattr(self, key, torch.where(keep, value, old))
 
     def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
         at_end = self.position == self.config.room_length
@@ -129,10 +129,10 @@ class BatchedPortal(BatchedEnv):
         self.position = torch.where(through, 0, self.position)
         return goal.float(), torch.zeros_like(goal)
 
-    def _observe(self) -> Obs:
-        rooms = self.config.num_rooms
-        y = self.room * SEGMENT_HEIGHT + CORRIDOR_ROW
-        xs, ys = window_coords(self.position + 1, y, self.view_size)
+    def _render(self, room: Tensor, position: Tensor) -> Tensor:
+        """The window [K, V, V, 3] at ``position`` [K] of ``room`` [K]."""
+        y = room * SEGMENT_HEIGHT + CORRIDOR_ROW
+        xs, ys = window_coords(position + 1, y, self.view_size)
         block = torch.div(ys, SEGMENT_HEIGHT, rounding_mode="floor")  # room of each cell
         obj, color, state = segment_cells(
             xs,
@@ -144,12 +144,24 @@ class BatchedPortal(BatchedEnv):
             block,
             block,
         )
-        outside = (block < 0) | (block >= rooms)
+        outside = (block < 0) | (block >= self.config.num_rooms)
         obj = torch.where(outside, UNSEEN, obj)
         color = torch.where(outside, 0, color)
         state = torch.where(outside, 0, state)
-        direction = torch.full_like(self.position, EAST)
-        return {"image": encode_cells(obj, color, state, direction)}
+        return encode_cells(obj, color, state, torch.full_like(position, EAST))
+
+    def _build_table(self) -> Tensor:
+        """Every distinct window: [N * buckets, V, V, 3], see :meth:`_observe`."""
+        positions = bucket_representatives(self.boundaries.tolist())
+        grid = torch.cartesian_prod(
+            torch.arange(self.config.num_rooms), torch.tensor(positions)
+        ).to(self.device)  # [N * buckets, 2]: room, position
+        return self._render(*grid.unbind(1))
+
+    def _observe(self) -> Obs:
+        bucket = torch.bucketize(self.position, self.boundaries, right=True)
+        row = self.room * (len(self.boundaries) + 1) + bucket
+        return {"image": self.table.index_select(0, row)}
 
     def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
         success = done & (self.goals > 0) & (self.wrong_after_first_goal == 0)

@@ -12,10 +12,22 @@ SMALL = {
     "corridor_wide_view": {"length": 3, "num_colors": 6, "view_size": 7, "max_steps": 16},
     "portal": {"num_rooms": 3, "room_length": 2, "max_steps": 40},
     "portal_wide_view": {"num_rooms": 2, "room_length": 4, "max_steps": 30, "view_size": 7},
-    "instruction": {"size": 3, "num_objects": 3, "delay_min": 10, "delay_max": 14,
-                    "max_steps": 50, "view_size": 5},
-    "instruction_big": {"size": 6, "num_objects": 6, "delay_min": 16, "delay_max": 30,
-                        "max_steps": 70, "view_size": 9},
+    "instruction": {
+        "size": 3,
+        "num_objects": 3,
+        "delay_min": 10,
+        "delay_max": 14,
+        "max_steps": 50,
+        "view_size": 5,
+    },
+    "instruction_big": {
+        "size": 6,
+        "num_objects": 6,
+        "delay_min": 16,
+        "delay_max": 30,
+        "max_steps": 70,
+        "view_size": 9,
+    },
 }
 
 
