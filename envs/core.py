@@ -99,8 +99,8 @@ class BatchedEnv(abc.ABC):
 
     Starting episodes in the envs that just finished: on CPU only those envs
     draw fresh episodes (found with ``nonzero``, free there); on an
-    accelerator every env draws one and ``torch.where`` keeps the running
-    ones, so that no step waits on the host.
+    accelerator (``sync_free``) every env draws one and ``torch.where`` keeps
+    the running ones, so that no step waits on the host.
 
     Finished environments reset inside the same ``step``: the returned
     observation is the new episode's first one, and ``info`` holds
@@ -117,6 +117,8 @@ class BatchedEnv(abc.ABC):
         self.num_envs = check_int("num_envs", num_envs, 1)
         self.max_steps = max_steps
         self.device = torch.device(device)
+        # Whether finished envs restart without reading anything back to the host.
+        self.sync_free = self.device.type != "cpu"
         self.single_action_space = gym.spaces.Discrete(NUM_ACTIONS)
         self.generator = torch.Generator(device=self.device)
         self._seed(seed)
@@ -189,7 +191,7 @@ class BatchedEnv(abc.ABC):
         if done is None:
             for key, value in self._new_episodes(self.num_envs).items():
                 setattr(self, key, value)
-        elif self.device.type == "cpu":
+        elif not self.sync_free:
             index = done.nonzero().squeeze(1)  # [n]
             if len(index) > 0:
                 for key, value in self._new_episodes(len(index)).items():

@@ -15,7 +15,6 @@ import torch
 from minigrid.core.world_object import Ball
 
 from envs.core import (
-    AGENT,
     BALL,
     COLOR_NAMES,
     DIR_TO_VEC,
@@ -24,7 +23,6 @@ from envs.core import (
     GREY,
     LEFT,
     NUM_COLORS,
-    RED,
     RIGHT,
     UNSEEN,
     WALL,
@@ -33,7 +31,9 @@ from envs.core import (
     Tensor,
     check_int,
     check_view_size,
+    encode_cells,
     image_space,
+    window_coords,
 )
 from envs.reference import ReferenceEnv
 
@@ -114,14 +114,14 @@ class InstructionConfig:
 class BatchedInstruction(BatchedEnv):
     """The instruction task for ``num_envs`` envs at once, as torch tensors.
 
-    See :class:`InstructionEnv` for the task. Each env keeps its room as a
-    padded picture: ``room`` [B, W * W * 3] holds the (object, colour, state)
-    triple of every cell, with ``V // 2`` cells of ``unseen`` around the walls
-    (W = S + 2 + 2 * (V // 2)), and ``blocker`` [B, W * W] says what stops a
-    step into each cell (0 free, k + 1 ball k, ``WALL_CODE`` wall or outside).
-    The agent is one flat cell index into them, so a step is a few gathers.
-    The whole instruction schedule of an episode (K gaps and targets) is drawn
-    when it starts.
+    See :class:`InstructionEnv` for the task. Cells are numbered
+    ``x * (S + 2) + y`` over the whole room, walls included. Each env keeps
+    ``blocker`` [B, (S + 2)**2], what stops a step into each cell (0 free,
+    k + 1 ball k, ``WALL_CODE`` wall), so a move is one gather. Its window is
+    looked up in a table of the empty room's windows (one per agent cell),
+    and its balls are scattered in through a table of where each wall slot
+    falls in each agent cell's window. The whole instruction schedule of an
+    episode (K gaps and targets) is drawn when it starts.
     """
 
     name = "instruction"
@@ -139,63 +139,56 @@ class BatchedInstruction(BatchedEnv):
         self.view_size = self.config.view_size
         self.single_observation_space = self.config.observation_space()
         self.device = torch.device(device)
-        self.half = self.view_size // 2
-        self.width = self.size + 2 + 2 * self.half  # W, of the padded room
-        self._build_templates()
+        self.side = self.size + 2  # cells per row, walls included
+        self._build_tables()
         super().__init__(num_envs, self.config.max_steps, device, seed)
 
-    def _padded(self, x: Tensor | int, y: Tensor | int) -> Tensor | int:
-        """Flat index in the padded room of grid cell (x, y) (x-major, like the image)."""
-        return (x + self.half) * self.width + (y + self.half)
-
-    def _build_templates(self) -> None:
-        size, width, device = self.size, self.width, self.device
-        coords = torch.arange(width, device=device) - self.half  # grid coordinate of each column
-        xs, ys = torch.meshgrid(coords, coords, indexing="ij")  # [W, W]
-        edge = size + 1
-        inside = (xs >= 0) & (xs <= edge) & (ys >= 0) & (ys <= edge)
-        wall = inside & ((xs == 0) | (xs == edge) | (ys == 0) | (ys == edge))
-        obj = torch.where(wall, WALL, torch.where(inside, EMPTY, UNSEEN))
-        color = torch.where(wall, GREY, 0)
-        room = torch.stack([obj, color, torch.zeros_like(obj)], dim=-1)  # [W, W, 3]
-        self.room_template = room.to(torch.uint8).flatten()  # [W * W * 3]
-        self.blocker_template = torch.where(wall | ~inside, self.WALL_CODE, 0).to(torch.uint8)
-        self.blocker_template = self.blocker_template.flatten()  # [W * W]
-        walls = self.config.wall_cells()
-        self.wall_cells = torch.tensor([self._padded(x, y) for x, y in walls], device=device)
-        # Flat offsets of the window's cells and channels around the agent's cell.
-        window = torch.arange(self.view_size, device=device) - self.half
-        cells = window[:, None] * width + window[None, :]  # [V, V]
-        self.window_offsets = (cells[..., None] * 3 + torch.arange(3, device=device)).flatten()
-        # A step in direction d moves by step_offset[d] in the flat room.
-        self.step_offset = torch.tensor([dx * width + dy for dx, dy in DIR_TO_VEC], device=device)
-        self.agent_triples = torch.tensor(
-            [[AGENT, RED, d] for d in range(4)], dtype=torch.uint8, device=device
-        )
+    def _build_tables(self) -> None:
+        side, view, device = self.side, self.view_size, self.device
+        half = view // 2
+        x, y = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        x, y = x.flatten().to(device), y.flatten().to(device)  # [C]: every cell, C = (S + 2)**2
+        wall = (x == 0) | (x == side - 1) | (y == 0) | (y == side - 1)
+        self.blocker_template = torch.where(wall, self.WALL_CODE, 0).to(torch.uint8)  # [C]
+        # The empty room seen from every cell, plus a scratch cell for balls out of view.
+        xs, ys = window_coords(x, y, view)
+        inside = (xs >= 0) & (xs < side) & (ys >= 0) & (ys < side)
+        wall_cell = inside & ((xs == 0) | (xs == side - 1) | (ys == 0) | (ys == side - 1))
+        obj = torch.where(wall_cell, WALL, torch.where(inside, EMPTY, UNSEEN))
+        color = torch.where(wall_cell, GREY, 0)
+        image = encode_cells(obj, color, torch.zeros_like(obj), torch.zeros_like(x))
+        image = image.reshape(len(x), view * view * 3)  # [C, V * V * 3]
+        self.window_table = torch.cat([image, torch.zeros_like(image[:, :3])], dim=1)
+        # Where wall slot s shows in the window of cell c: byte offset of its object channel.
+        slots = torch.tensor(self.config.wall_cells(), device=device)  # [4S, 2]
+        self.slot_cells = slots[:, 0] * side + slots[:, 1]  # [4S]
+        dx = slots[None, :, 0] - x[:, None] + half  # [C, 4S]
+        dy = slots[None, :, 1] - y[:, None] + half
+        visible = (dx >= 0) & (dx < view) & (dy >= 0) & (dy < view)
+        self.slot_window = torch.where(visible, dx * view + dy, view * view).flatten() * 3
+        self.step_offset = torch.tensor([dx * side + dy for dx, dy in DIR_TO_VEC], device=device)
 
     def _new_episodes(self, count: int) -> dict[str, Tensor]:
         config, generator, device = self.config, self.generator, self.device
         num_objects, schedule = config.num_objects, config.max_instructions
-        slots = torch.rand((count, len(self.wall_cells)), generator=generator, device=device)
-        cells = self.wall_cells[slots.argsort(1)[:, :num_objects]]  # [n, N]: distinct wall cells
+        slots = torch.rand((count, len(self.slot_cells)), generator=generator, device=device)
+        slots = slots.argsort(1)[:, :num_objects]  # [n, N]: distinct wall slots
         colors = torch.rand((count, NUM_COLORS), generator=generator, device=device)
         colors = colors.argsort(1)[:, :num_objects]  # [n, N]: distinct colours
-        room = self.room_template.repeat(count, 1)  # [n, W * W * 3]
-        room.scatter_(1, cells * 3, BALL)
-        room.scatter_(1, cells * 3 + 1, colors.to(torch.uint8))
-        blocker = self.blocker_template.repeat(count, 1)  # [n, W * W]
+        blocker = self.blocker_template.repeat(count, 1)  # [n, C]
         ball_codes = torch.arange(1, num_objects + 1, dtype=torch.uint8, device=device)
-        blocker.scatter_(1, cells, ball_codes.expand(count, -1))
+        blocker.scatter_(1, self.slot_cells[slots], ball_codes.expand(count, -1))
+        balls = torch.full_like(colors, BALL)
         targets = self.rand_int(0, num_objects - 1, (count, schedule))  # [n, K]
         gaps = self.rand_int(config.delay_min, config.delay_max, (count, schedule))  # [n, K]
         agent_x = self.rand_int(1, self.size, (count,))
         agent_y = self.rand_int(1, self.size, (count,))
         return {
-            "room": room,
             "blocker": blocker,
-            "object_cells": cells,
+            "object_slots": slots,
             "object_color": colors,
-            "cell": self._padded(agent_x, agent_y),
+            "object_bytes": torch.cat([balls, colors], 1).to(torch.uint8),  # [n, 2N]
+            "cell": agent_x * self.side + agent_y,
             "direction": self.rand_int(0, 3, (count,)),
             "gaps": gaps,
             "targets": targets,
@@ -235,9 +228,12 @@ class BatchedInstruction(BatchedEnv):
         return correct.float(), torch.zeros_like(correct)
 
     def _observe(self) -> Obs:
-        index = self.cell[:, None] * 3 + self.window_offsets  # [B, V * V * 3]
-        image = self.room.gather(1, index).view(self.num_envs, self.view_size, self.view_size, 3)
-        image[:, self.half, self.half] = self.agent_triples[self.direction]
+        view, half = self.view_size, self.view_size // 2
+        image = self.window_table.index_select(0, self.cell)  # [B, (V * V + 1) * 3]
+        where = self.slot_window[self.cell[:, None] * len(self.slot_cells) + self.object_slots]
+        image.scatter_(1, torch.cat([where, where + 1], 1), self.object_bytes)  # balls in view
+        image[:, (half * view + half) * 3 + 2] = self.direction.to(torch.uint8)
+        image = image[:, : view * view * 3].view(self.num_envs, view, view, 3)
         return {"image": image, "instruction": self.token.clone()}
 
     def _episode_info(self, done: Tensor) -> dict[str, Tensor]:
@@ -250,19 +246,19 @@ class BatchedInstruction(BatchedEnv):
 
     @property
     def agent_x(self) -> Tensor:
-        return torch.div(self.cell, self.width, rounding_mode="floor") - self.half
+        return torch.div(self.cell, self.side, rounding_mode="floor")
 
     @property
     def agent_y(self) -> Tensor:
-        return self.cell % self.width - self.half
+        return self.cell % self.side
 
     @property
     def object_x(self) -> Tensor:
-        return torch.div(self.object_cells, self.width, rounding_mode="floor") - self.half
+        return torch.div(self.slot_cells[self.object_slots], self.side, rounding_mode="floor")
 
     @property
     def object_y(self) -> Tensor:
-        return self.object_cells % self.width - self.half
+        return self.slot_cells[self.object_slots] % self.side
 
     def layout(self, index: int) -> dict[str, Any]:
         columns = (self.object_x[index], self.object_y[index], self.object_color[index])

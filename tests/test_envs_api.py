@@ -128,3 +128,11 @@ def test_make_vec_gives_the_batched_fast_path(env_id):
             ended = True
             assert info["_final_obs"].any() and "final_obs" in info
     assert ended
+
+
+@pytest.mark.parametrize("name", list(envs.TASKS))
+def test_desync_spreads_the_first_episode_ends(name):
+    benv = envs.make_batched(name, 256, seed=0)
+    benv.reset(desync=True)
+    assert benv.step_count.unique().numel() > 100
+    assert (benv.step_count < benv.max_steps).all()

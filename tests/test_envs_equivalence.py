@@ -41,11 +41,23 @@ def assert_same_obs(batched_obs, index, reference_obs, where):
 @pytest.mark.parametrize("case", sorted(SMALL))
 @pytest.mark.parametrize("seed", range(4))
 def test_replay_matches_reference(case, seed):
+    replay(case, seed, sync_free=False)
+
+
+@pytest.mark.parametrize("case", sorted(SMALL))
+def test_replay_matches_reference_on_the_accelerator_path(case):
+    # The restart path used on CUDA (draw for every env, keep the running
+    # ones with torch.where), exercised here on the CPU.
+    replay(case, seed=11, sync_free=True)
+
+
+def replay(case, seed, sync_free):
     name = case.split("_")[0]
     kwargs = SMALL[case]
     num_envs, num_steps = 6, 160
     batched = envs.make_batched(name, num_envs, seed=seed, **kwargs)
     batched.keep_final_obs = True
+    batched.sync_free = sync_free
     obs = batched.reset(seed=seed)
     references = [envs.make_reference(name, **kwargs) for _ in range(num_envs)]
     for i, reference in enumerate(references):
