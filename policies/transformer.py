@@ -1,0 +1,290 @@
+"""Shared machinery of the transformer cores (Expire-Span and Transformer-XL).
+
+Shape legend: T time (the queries of this chunk), B env columns, M cached memory slots,
+N = M + T keys, D model dim, H heads, Dh = D / H head dim, L layers.
+
+Blocks. Every block is a pre-norm residual block (attention, then feed-forward; optional
+GTrXL GRU gates in place of the residual additions). Its queries are the T steps of the
+chunk; its keys are the N = M + T *layer inputs* of the cached memories and of the chunk.
+The cache holds detached layer inputs, not keys and values: keys, values (and Expire-Span's
+spans) are recomputed with the current parameters at every forward, so a cache filled during
+a rollout is never stale when the learner replays it after a parameter update (LESSONS,
+trap 8). Gradients flow through the T current keys, not into the cache.
+
+Masks and positions. Positions are counted from the chunk's first step: step t of the chunk
+is at position t, a cached memory of age a (steps from it to the chunk's first step) at -a.
+A key is *visible* to a query if it holds a memory, is not in the query's future, and
+belongs to the query's episode (its position is at or after the query's latest
+``episode_starts``). Each core turns visibility into an additive ``log_mask`` (0 or log m
+where attended, -inf elsewhere). Relative position information is a learned bias per head
+on the distance t - i, bucketed T5-style: exact below half the buckets, log-spaced above, up
+to the core's maximum distance. It is a function of the distance alone, so it stays exact
+when memories are dropped from the middle of the cache (the paper's learned key embeddings
+only cover the last block for that reason) and costs O(T·N) like the attention itself.
+
+The slot buffer. Per layer the cache is dense: ``memory`` [B, M, D], ``memory_age`` [B, M],
+``memory_valid`` [B, M]. Environments keep different numbers of memories, so some slots are
+empty (``valid`` false; zero padding is an empty slot too). After each forward the T new
+steps are appended, and every slot the core declares dead (expired for every future query,
+out of the window, or from a finished episode) is marked empty at once, with no host
+synchronisation. Whenever the width grows past a multiple of I = ``compact_interval``, the
+buffer is compacted: live slots move to the front (oldest first) and the width shrinks to
+the largest live count over the envs, rounded up to a multiple of I. Compaction needs one
+host synchronisation (the largest live count), so it happens once per I streamed steps, or
+once per forward when T >= I. Between compactions the width stays below the largest live
+count at the last compaction + 2·I, so memory and compute follow the number of live
+memories, not L_max; empty slots cost attention work but are masked, so they never change
+outputs.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from policies.config import TransformerConfig
+from policies.core import CoreOutput, MemoryCore
+
+Tensor = torch.Tensor
+
+NO_START = -(2**62)
+"""Episode-start position of a query whose episode began before the chunk."""
+
+
+def last_episode_start(episode_starts: Tensor) -> Tensor:
+    """[T, B] bool -> [B, T] int64: position of the latest episode start at or before t."""
+    num_steps = episode_starts.shape[0]
+    positions = torch.arange(num_steps, device=episode_starts.device)[:, None]  # [T, 1]
+    marked = torch.where(episode_starts, positions, NO_START)  # [T, B]
+    return marked.cummax(dim=0).values.t()  # [T, B] -> [B, T]
+
+
+def relative_position_bucket(distance: Tensor, num_buckets: int, max_distance: int) -> Tensor:
+    """Bucket of each distance >= 0: itself below ``num_buckets // 2``, then log-spaced
+    buckets up to ``max_distance`` (larger distances share the last bucket)."""
+    exact = num_buckets // 2
+    distance = distance.clamp(min=0)
+    if max_distance <= exact:
+        return distance.clamp(max=num_buckets - 1)
+    scale = (num_buckets - exact) / math.log(max_distance / exact)
+    far = exact + (torch.log(distance.clamp(min=exact).float() / exact) * scale).long()
+    return torch.where(distance < exact, distance, far.clamp(max=num_buckets - 1))
+
+
+class KeyLayout(NamedTuple):
+    """Where the N keys of a layer sit relative to the T queries."""
+
+    position: Tensor
+    """[B, N] int64 position (cached memories negative, chunk steps 0..T-1)."""
+    valid: Tensor
+    """[B, N] bool: the slot holds a memory."""
+    distance: Tensor
+    """[B, T, N] int64 query position minus key position (t - i)."""
+    visible: Tensor
+    """[B, T, N] bool: valid, not in the future, in the query's episode."""
+
+
+def key_layout(age: Tensor, valid: Tensor, episode_start: Tensor) -> KeyLayout:
+    """Layout of the keys [cached memories; chunk steps] for queries with ``episode_start``
+    [B, T]; ``age``, ``valid`` [B, M] describe the cached memories."""
+    batch, num_steps = episode_start.shape
+    steps = torch.arange(num_steps, device=age.device)
+    position = torch.cat([-age, steps.expand(batch, -1)], dim=1)  # [B, N]
+    valid = torch.cat([valid, valid.new_ones(batch, num_steps)], dim=1)  # [B, N]
+    distance = steps[None, :, None] - position[:, None, :]  # [B, T, N]
+    same_episode = position[:, None, :] >= episode_start[..., None]  # [B, T, N]
+    visible = valid[:, None, :] & (distance >= 0) & same_episode
+    return KeyLayout(position, valid, distance, visible)
+
+
+class LayerMask(NamedTuple):
+    """A core's decision for one layer: how queries attend, and which memories live on."""
+
+    log_mask: Tensor
+    """[B, T, N] added to the attention logits: log m (0 when fully kept), -inf if not attended."""
+    alive_next: Tensor
+    """[B, N] bool: the key may still be attended to by the next step's query."""
+    spans: Tensor | None
+    """[B, T] spans of the chunk's new memories (Expire-Span only)."""
+    loss: Tensor
+    """[] this layer's auxiliary loss."""
+
+
+class GRUGate(nn.Module):
+    """GTrXL gate g(x, y): a GRU update of the residual stream x by the sublayer output y."""
+
+    def __init__(self, d_model: int, gate_bias: float) -> None:
+        super().__init__()
+        self.from_y = nn.Linear(d_model, 3 * d_model, bias=False)  # W_r, W_z, W_g
+        self.from_x = nn.Linear(d_model, 2 * d_model, bias=False)  # U_r, U_z
+        self.candidate_from_x = nn.Linear(d_model, d_model, bias=False)  # U_g
+        self.gate_bias = gate_bias
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        wr, wz, wg = self.from_y(y).chunk(3, dim=-1)
+        ur, uz = self.from_x(x).chunk(2, dim=-1)
+        reset = torch.sigmoid(wr + ur)
+        update = torch.sigmoid(wz + uz - self.gate_bias)
+        candidate = torch.tanh(wg + self.candidate_from_x(reset * x))
+        return (1 - update) * x + update * candidate
+
+
+class MemoryBlock(nn.Module):
+    """Pre-norm residual block whose T queries attend over N = M + T keys."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        d_model = config.d_model
+        self.num_heads = config.num_heads
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.query = nn.Linear(d_model, d_model, bias=False)
+        self.key_value = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.position_bias = nn.Parameter(torch.zeros(config.num_heads, config.position_buckets))
+        self.norm_ff = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, config.ff_mult * d_model),
+            nn.ReLU(),
+            nn.Linear(config.ff_mult * d_model, d_model),
+        )
+        self.gate_attn = GRUGate(d_model, config.gate_bias) if config.gating else None
+        self.gate_ff = GRUGate(d_model, config.gate_bias) if config.gating else None
+
+    def forward(
+        self, keys_hidden: Tensor, log_mask: Tensor, distance: Tensor, bucket_of_distance: Tensor
+    ) -> Tensor:
+        """``keys_hidden`` [B, N, D] (the last T are the queries' own inputs), ``log_mask``
+        [B, T, N], ``distance`` [B, T, N] clamped to [0, max distance], ``bucket_of_distance``
+        the position bucket of each distance -> [B, T, D].
+
+        Attention runs head-major ([H·B, T, N]) so that the position bias is one contiguous
+        gather whose backward is a cheap index_add into the small bias table."""
+        batch, num_keys, d_model = keys_hidden.shape
+        num_steps = log_mask.shape[1]
+        heads, head_dim = self.num_heads, d_model // self.num_heads
+        x = keys_hidden[:, -num_steps:]  # [B, T, D]
+        normed = self.norm_attn(keys_hidden)
+        query = self.query(normed[:, -num_steps:]) / math.sqrt(head_dim)
+        query = query.view(batch, num_steps, heads, head_dim).permute(2, 0, 1, 3)  # [H, B, T, Dh]
+        query = query.reshape(heads * batch, num_steps, head_dim)
+        key_value = self.key_value(normed).view(batch, num_keys, 2, heads, head_dim)
+        key_value = key_value.permute(2, 3, 0, 1, 4)  # [B, N, 2, H, Dh] -> [2, H, B, N, Dh]
+        key = key_value[0].reshape(heads * batch, num_keys, head_dim)
+        value = key_value[1].reshape(heads * batch, num_keys, head_dim)
+        bias_of_distance = self.position_bias[:, bucket_of_distance]  # [H, max distance + 1]
+        position = bias_of_distance.index_select(1, distance.reshape(-1))  # [H, B·T·N]
+        bias = position.view(heads, batch, num_steps, num_keys) + log_mask  # [H, B, T, N]
+        logits = torch.baddbmm(bias.view(heads * batch, num_steps, num_keys), query,
+                               key.transpose(1, 2))  # [H·B, T, N]
+        weights = torch.softmax(logits, dim=-1)
+        attended = torch.bmm(weights, value).view(heads, batch, num_steps, head_dim)
+        attended = attended.permute(1, 2, 0, 3).reshape(batch, num_steps, d_model)  # [B, T, D]
+        x = self._residual(x, self.out(attended), self.gate_attn)
+        return self._residual(x, self.ff(self.norm_ff(x)), self.gate_ff)
+
+    @staticmethod
+    def _residual(x: Tensor, y: Tensor, gate: GRUGate | None) -> Tensor:
+        return x + y if gate is None else gate(x, F.relu(y))
+
+
+def update_slot_buffer(
+    keys_hidden: Tensor, keys: KeyLayout, keep: Tensor, old_width: int, compact_interval: int,
+    compact: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The layer's cache for the next step: (memory [B, M', D], age [B, M'], valid [B, M'])."""
+    num_steps = keys.distance.shape[1]
+    hidden = keys_hidden.detach()
+    age = num_steps - keys.position  # [B, N] steps from each key to the next step
+    width = hidden.shape[1]
+    if not compact or width // compact_interval == old_width // compact_interval:
+        return hidden, age, keep
+    live = int(keep.sum(dim=1).max())  # the one host synchronisation
+    new_width = -(-live // compact_interval) * compact_interval
+    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # live first, oldest first
+    take = order[:, : min(new_width, width)]  # [B, M']
+    hidden = hidden.gather(1, take[..., None].expand(-1, -1, hidden.shape[2]))
+    age, keep = age.gather(1, take), keep.gather(1, take)
+    if new_width > width:
+        pad = new_width - width
+        hidden = torch.cat([hidden, hidden.new_zeros(hidden.shape[0], pad, hidden.shape[2])], 1)
+        age = torch.cat([age, age.new_zeros(age.shape[0], pad)], dim=1)
+        keep = torch.cat([keep, keep.new_zeros(keep.shape[0], pad)], dim=1)
+    return hidden, age, keep
+
+
+class TransformerCore(MemoryCore):
+    """Stack of `MemoryBlock`s over a per-layer slot buffer; subclasses decide the masks."""
+
+    prune = True
+
+    def __init__(self, config: TransformerConfig, max_distance: int) -> None:
+        super().__init__()
+        self.num_layers = config.num_layers
+        self.d_model = config.d_model
+        self.max_distance = max_distance
+        bucket = relative_position_bucket(torch.arange(max_distance + 1), config.position_buckets,
+                                          max_distance)
+        self.register_buffer("bucket_of_distance", bucket, persistent=False)  # [max distance + 1]
+        self.compact_interval = config.compact_interval
+        self.blocks = nn.ModuleList(MemoryBlock(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+
+    @abc.abstractmethod
+    def memory_mask(
+        self, layer: int, keys_hidden: Tensor, keys: KeyLayout, context: Any
+    ) -> LayerMask:
+        """The attention mask and the survivors of layer ``layer``."""
+
+    def forward_context(self, x: Tensor) -> Any:
+        """Anything drawn once per forward and shared by the layers (e.g. span shortening)."""
+        return None
+
+    def initial_state(
+        self, num_envs: int, device: torch.device, dtype: torch.dtype
+    ) -> dict[str, Tensor]:
+        state = {}
+        for layer in range(self.num_layers):
+            state[f"memory_{layer}"] = torch.zeros(num_envs, 0, self.d_model, device=device,
+                                                   dtype=dtype)
+            state[f"memory_age_{layer}"] = torch.zeros(num_envs, 0, device=device,
+                                                       dtype=torch.long)
+            state[f"memory_valid_{layer}"] = torch.zeros(num_envs, 0, device=device,
+                                                         dtype=torch.bool)
+        return state
+
+    def forward(
+        self, x: Tensor, state: dict[str, Tensor], episode_starts: Tensor
+    ) -> CoreOutput:
+        h = x.transpose(0, 1)  # [T, B, D] -> [B, T, D]
+        episode_start = last_episode_start(episode_starts)  # [B, T]
+        context = self.forward_context(x)
+        new_state, alive, spans, aux_loss = {}, [], [], x.new_zeros(())
+        for layer, block in enumerate(self.blocks):
+            memory = state[f"memory_{layer}"]
+            keys = key_layout(state[f"memory_age_{layer}"], state[f"memory_valid_{layer}"],
+                              episode_start)
+            keys_hidden = torch.cat([memory, h], dim=1)  # [B, M + T, D]
+            mask = self.memory_mask(layer, keys_hidden, keys, context)
+            distance = keys.distance.clamp(0, self.max_distance)  # the last bucket beyond
+            same_episode = keys.valid & (keys.position >= episode_start[:, -1:])
+            alive_next = same_episode & mask.alive_next  # [B, N]
+            keep = alive_next if self.prune else same_episode
+            cache = update_slot_buffer(keys_hidden, keys, keep, memory.shape[1],
+                                       self.compact_interval, compact=self.prune)
+            new_state[f"memory_{layer}"], new_state[f"memory_age_{layer}"] = cache[:2]
+            new_state[f"memory_valid_{layer}"] = cache[2]
+            alive.append(alive_next.sum(dim=1).to(x.dtype))
+            if mask.spans is not None:
+                spans.append(mask.spans)
+            aux_loss = aux_loss + mask.loss
+            h = block(keys_hidden, mask.log_mask, distance, self.bucket_of_distance)
+        features = self.final_norm(h).transpose(0, 1)  # [B, T, D] -> [T, B, D]
+        steps, batch = episode_starts.shape
+        spans_out = (torch.stack(spans, dim=-1).transpose(0, 1) if spans  # [B, T, L] -> [T, B, L]
+                     else x.new_zeros(steps, batch, 0))
+        return CoreOutput(features, new_state, aux_loss, torch.stack(alive, dim=1), spans_out)
