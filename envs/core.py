@@ -221,6 +221,22 @@ class BatchedEnv(abc.ABC):
         self._start_episodes(done)
         return self._observe(), reward, terminated, truncated, info
 
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state (every tensor and the generator), to resume exactly."""
+        tensors = {
+            key: value.clone() for key, value in vars(self).items() if isinstance(value, Tensor)
+        }
+        return {"tensors": tensors, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of an env built with the same settings."""
+        for key, value in data["tensors"].items():
+            current = getattr(self, key, None)
+            if not isinstance(current, Tensor) or current.shape[1:] != value.shape[1:]:
+                raise ValueError(f"env state {key!r} does not fit this env")
+            setattr(self, key, value.to(self.device))
+        self.generator.set_state(data["generator"])
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device})"
 

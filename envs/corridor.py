@@ -92,6 +92,7 @@ class BatchedCorridor(BatchedEnv):
     memory does not grow with the length).
     """
 
+    config_class = CorridorConfig
     name = "corridor"
 
     def __init__(

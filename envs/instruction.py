@@ -124,6 +124,7 @@ class BatchedInstruction(BatchedEnv):
     episode (K gaps and targets) is drawn when it starts.
     """
 
+    config_class = InstructionConfig
     name = "instruction"
     WALL_CODE = 255
 

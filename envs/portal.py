@@ -84,6 +84,7 @@ class BatchedPortal(BatchedEnv):
     room, the correct portal of every room (N bits) and episode counters.
     """
 
+    config_class = PortalConfig
     name = "portal"
 
     def __init__(
