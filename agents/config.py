@@ -1,0 +1,405 @@
+"""Training configuration: the command-line flags, the task presets, the resolved config.
+
+``Args`` is what a user types (read by tyro: every field is a ``--flag``, its
+docstring the help). A flag left at ``None`` takes the task's preset, so
+``python train_rl.py --env corridor --length 1000`` gets settings tuned for
+that length and any flag overrides them. ``resolve`` turns ``Args`` into a
+``TrainConfig`` (plain, complete, validated), which is what ``config.json``
+holds and what a resumed run or the evaluator rebuilds everything from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import envs
+from policies.config import CONFIG_CLASSES, POLICY_KINDS
+
+ALGOS = ("ppo", "impala")
+TASK_FLAGS = {
+    "corridor": ("length", "num_colors", "view_size", "max_steps"),
+    "portal": ("num_rooms", "room_length", "view_size", "max_steps"),
+    "instruction": ("size", "num_objects", "delay_min", "delay_max", "view_size", "max_steps"),
+}
+POLICY_FLAGS = (
+    "d_model", "num_layers", "num_heads", "max_span", "ramp_length", "span_init",
+    "span_loss_coef", "memory_size", "gating",
+)  # fmt: skip
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A user's setting that cannot work; the message names it and what is allowed."""
+
+
+@dataclass
+class Args:
+    """Train a memory agent: `python train_rl.py --env corridor --length 1000`."""
+
+    # --- the task ---
+    env: str = "corridor"
+    """Task: corridor, portal, instruction, or a registered gymnasium id with a discrete action
+    space and minigrid-style or flat-vector observations (e.g. MiniGrid-MemoryS13Random-v0)."""
+    length: int | None = None
+    """Corridor: cells between the cue and the junction (preset 1000)."""
+    num_colors: int | None = None
+    """Corridor: number of cue colours, 2..6."""
+    num_rooms: int | None = None
+    """Portal: rooms in the chain, 1..6."""
+    room_length: int | None = None
+    """Portal: cells per room."""
+    size: int | None = None
+    """Instruction: room side in free cells."""
+    num_objects: int | None = None
+    """Instruction: balls in the room, 2..6."""
+    delay_min: int | None = None
+    """Instruction: fewest steps between instructions."""
+    delay_max: int | None = None
+    """Instruction: most steps between instructions."""
+    view_size: int | None = None
+    """Side of the agent's square view (odd)."""
+    max_steps: int | None = None
+    """Time limit of an episode (task default if unset)."""
+
+    # --- the agent ---
+    policy: Literal["expire_span", "trxl", "lstm"] = "expire_span"
+    """Memory core."""
+    algo: Literal["ppo", "impala"] = "ppo"
+    """Learner: PPO, or the IMPALA-style actor-critic with V-trace targets."""
+    d_model: int | None = None
+    """Model width D."""
+    num_layers: int | None = None
+    """Layers of the memory core."""
+    num_heads: int | None = None
+    """Attention heads (transformer cores)."""
+    max_span: int | None = None
+    """Expire-Span L_max (corridor preset: 3 x length + 16)."""
+    ramp_length: int | None = None
+    """Expire-Span ramp R."""
+    span_init: float | None = None
+    """Expire-Span initial span as a fraction p of L_max."""
+    span_loss_coef: float | None = None
+    """Expire-Span span loss coefficient alpha."""
+    memory_size: int | None = None
+    """Transformer-XL window M."""
+    gating: bool | None = None
+    """GTrXL-style gating in the transformer blocks."""
+    forward_bias: float | None = None
+    """Initial logit bias of the 'forward' action (helps a fresh agent reach far rewards)."""
+
+    # --- the learner ---
+    num_envs: int | None = None
+    """Parallel environments B."""
+    num_steps: int | None = None
+    """Rollout length T per update."""
+    total_steps: int | None = None
+    """Env steps to train for (all envs together)."""
+    learning_rate: float | None = None
+    """Adam learning rate (annealed linearly to 0 unless --no-anneal-lr)."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over the run."""
+    span_lr_scale: float | None = None
+    """Learning-rate multiplier of the span predictors."""
+    gamma: float | None = None
+    """Discount factor."""
+    gae_lambda: float | None = None
+    """GAE lambda (PPO)."""
+    update_epochs: int | None = None
+    """Passes over each rollout."""
+    num_minibatches: int | None = None
+    """Minibatches per epoch (whole env columns each)."""
+    chunk_length: int | None = None
+    """Sequence chunk length inside a minibatch; each chunk starts from the memory state stored
+    at its start during the rollout (must divide num_steps)."""
+    clip_coef: float | None = None
+    """PPO ratio clipping."""
+    ent_coef: float | None = None
+    """Entropy bonus coefficient."""
+    vf_coef: float | None = None
+    """Value loss coefficient."""
+    max_grad_norm: float | None = None
+    """Gradient clipping (global norm)."""
+    adv_std_floor: float | None = None
+    """PPO: advantages are divided by max(std, this) (avoids a blow-up once solved)."""
+    rho_clip: float | None = None
+    """IMPALA: V-trace rho-bar."""
+    c_clip: float | None = None
+    """IMPALA: V-trace c-bar."""
+
+    # --- the run ---
+    seed: int = 1
+    """Random seed (one seed gives the same run on CPU)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where envs, policy and learner run (auto: cuda when available)."""
+    run_dir: str | None = None
+    """Run directory (default runs/<env>-<policy>-<algo>-s<seed>-<time>)."""
+    resume: str | None = None
+    """Resume the run in this directory from its latest checkpoint (other flags must agree)."""
+    log_interval: int | None = None
+    """Updates between metric rows."""
+    checkpoint_interval: int | None = None
+    """Updates between checkpoints."""
+    keep_checkpoints: int = 3
+    """Numbered checkpoints kept beside latest.pt."""
+    target_success: float | None = None
+    """Stop early once the windowed success rate reaches this (off by default)."""
+    threads: int | None = None
+    """CPU threads for torch (default: torch's choice)."""
+
+
+@dataclass
+class LearnerConfig:
+    """Hyperparameters of the learner (PPO or IMPALA-style)."""
+
+    algo: str = "ppo"
+    num_envs: int = 64
+    num_steps: int = 128
+    total_steps: int = 2_000_000
+    learning_rate: float = 5e-4
+    anneal_lr: bool = True
+    span_lr_scale: float = 0.1
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    chunk_length: int = 128
+    clip_coef: float = 0.2
+    ent_coef: float = 0.001
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    adv_std_floor: float = 0.02
+    rho_clip: float = 1.0
+    c_clip: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    """Where and how a run goes: seed, device, logging and checkpoints."""
+
+    seed: int = 1
+    device: str = "cpu"
+    log_interval: int = 10
+    checkpoint_interval: int = 50
+    keep_checkpoints: int = 3
+    target_success: float | None = None
+    threads: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to rebuild env, policy and learner: the content of config.json."""
+
+    env: str
+    env_kwargs: dict[str, Any]
+    policy: str
+    policy_kwargs: dict[str, Any]
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    version: int = CONFIG_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if data.get("version") != CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {data.get('version')!r} is not supported (this is version "
+                f"{CONFIG_VERSION})"
+            )
+        return cls(
+            env=data["env"],
+            env_kwargs=dict(data["env_kwargs"]),
+            policy=data["policy"],
+            policy_kwargs=dict(data["policy_kwargs"]),
+            learner=LearnerConfig(**data["learner"]),
+            run=RunConfig(**data["run"]),
+        )
+
+
+def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, dict]:
+    """Tuned defaults for a task: (learner settings, policy settings)."""
+    learner: dict[str, Any] = {}
+    policy_kwargs: dict[str, Any] = {}
+    if env == "corridor":
+        length = task_kwargs.get("length", 1000)
+        # LESSONS: gamma close to 1 for a reward 1000s of steps away; initial spans must
+        # cover the walk to the junction (about length / p(forward)); alpha = 0.01.
+        learner.update(gamma=0.999, total_steps=max(500_000, 2_500 * length))
+        policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
+    elif env == "portal":
+        learner.update(gamma=0.99, total_steps=5_000_000)
+        policy_kwargs.update(max_span=1024, forward_bias=1.0)
+    elif env == "instruction":
+        learner.update(gamma=0.95, total_steps=5_000_000)
+        policy_kwargs.update(max_span=256)
+    else:
+        learner.update(total_steps=5_000_000)
+        policy_kwargs.update(max_span=512)
+    if policy != "expire_span":
+        policy_kwargs.pop("max_span", None)
+    return learner, policy_kwargs
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resolve_env(args: Args) -> tuple[str, dict[str, Any]]:
+    """The task and its complete, validated parameters."""
+    all_task_flags = {name for flags in TASK_FLAGS.values() for name in flags}
+    given = {name: getattr(args, name) for name in sorted(all_task_flags)}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.env in envs.TASKS:
+        allowed = TASK_FLAGS[args.env]
+        for name in given:
+            _check(
+                name in allowed,
+                f"{_flag(name)} is not a parameter of {args.env} "
+                f"(its parameters: {', '.join(_flag(n) for n in allowed)})",
+            )
+        try:
+            task_config = envs.TASKS[args.env][0].config_class(**given)
+        except ValueError as error:
+            raise ConfigError(f"{args.env}: {error}") from None
+        return args.env, {name: getattr(task_config, name) for name in allowed}
+    import gymnasium as gym
+
+    _check(
+        args.env in gym.registry,
+        f"unknown env {args.env!r}; choose corridor, portal, instruction or a registered "
+        "gymnasium id (e.g. MiniGrid-MemoryS13Random-v0)",
+    )
+    _check(not given, f"{_flag(next(iter(given), 'x'))} applies only to the suite's own tasks")
+    return args.env, {}
+
+
+def resolve_policy(args: Args, env_name: str, preset_policy: dict[str, Any]) -> dict[str, Any]:
+    """The policy's settings: preset, then flags; flags foreign to the core are errors."""
+    fields = {f.name for f in dataclasses.fields(CONFIG_CLASSES[args.policy])}
+    kwargs = {k: v for k, v in preset_policy.items() if k in fields}
+    for name in POLICY_FLAGS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        _check(
+            name in fields,
+            f"{_flag(name)} does not apply to --policy {args.policy} "
+            f"(it applies to: {', '.join(k for k in POLICY_KINDS if name in _fields(k))})",
+        )
+        kwargs[name] = value
+    forward_bias = preset_policy.get("forward_bias", 0.0)
+    if args.forward_bias is not None:
+        forward_bias = args.forward_bias
+    if forward_bias:
+        _check(
+            env_name in envs.TASKS or env_name.startswith("MiniGrid"),
+            f"--forward-bias needs a task whose action 2 is 'forward', not {env_name}",
+        )
+        kwargs["actor_bias_init"] = (0.0, 0.0, float(forward_bias))
+    try:
+        CONFIG_CLASSES[args.policy](**kwargs)
+    except ValueError as error:
+        raise ConfigError(f"--policy {args.policy}: {error}") from None
+    return kwargs
+
+
+def _fields(kind: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(CONFIG_CLASSES[kind])}
+
+
+def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig:
+    """Learner settings: defaults, then the task's preset, then flags; validated."""
+    learner = LearnerConfig(algo=args.algo, anneal_lr=args.anneal_lr, **preset_learner)
+    for f in dataclasses.fields(LearnerConfig):
+        value = getattr(args, f.name, None)
+        if f.name not in ("algo", "anneal_lr") and value is not None:
+            setattr(learner, f.name, value)
+    if args.chunk_length is None:
+        learner.chunk_length = min(learner.chunk_length, learner.num_steps)
+    positive_ints = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "chunk_length")
+    for name in positive_ints:
+        value = getattr(learner, name)
+        _check(isinstance(value, int) and value >= 1, f"{_flag(name)} must be >= 1, got {value}")
+    _check(
+        learner.num_steps % learner.chunk_length == 0,
+        f"--chunk-length {learner.chunk_length} must divide --num-steps {learner.num_steps}",
+    )
+    _check(
+        learner.num_envs % learner.num_minibatches == 0,
+        f"--num-minibatches {learner.num_minibatches} must divide --num-envs {learner.num_envs}",
+    )
+    batch = learner.num_envs * learner.num_steps
+    _check(
+        learner.total_steps >= batch,
+        f"--total-steps must be >= num_envs x num_steps = {batch}, got {learner.total_steps}",
+    )
+    ranges = {
+        "learning_rate": (0.0, 1.0, True),
+        "span_lr_scale": (0.0, 100.0, False),
+        "gamma": (0.0, 1.0, True),
+        "gae_lambda": (0.0, 1.0, False),
+        "clip_coef": (0.0, 10.0, True),
+        "ent_coef": (0.0, 10.0, False),
+        "vf_coef": (0.0, 100.0, False),
+        "max_grad_norm": (0.0, math.inf, True),
+        "adv_std_floor": (0.0, 100.0, False),
+        "rho_clip": (0.0, math.inf, True),
+        "c_clip": (0.0, math.inf, True),
+    }
+    for name, (low, high, open_low) in ranges.items():
+        value = getattr(learner, name)
+        ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
+        bound = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
+        _check(ok, f"{_flag(name)} must be in {bound}, got {value}")
+    return learner
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes cuda when available; asking for cuda without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    _check(
+        device != "cuda" or torch.cuda.is_available(),
+        "--device cuda: no CUDA device is available (use --device cpu or auto)",
+    )
+    return device
+
+
+def resolve(args: Args) -> TrainConfig:
+    """The complete config of a new run from the command line (raises ConfigError)."""
+    env_name, env_kwargs = resolve_env(args)
+    preset_learner, preset_policy = preset(env_name, env_kwargs, args.policy)
+    policy_kwargs = resolve_policy(args, env_name, preset_policy)
+    learner = resolve_learner(args, preset_learner)
+    for name in ("log_interval", "checkpoint_interval"):
+        value = getattr(args, name)
+        _check(value is None or value >= 1, f"{_flag(name)} must be >= 1, got {value}")
+    _check(
+        args.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}"
+    )
+    _check(
+        args.target_success is None or 0.0 < args.target_success <= 1.0,
+        f"--target-success must be in (0, 1], got {args.target_success}",
+    )
+    _check(args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
+    run = RunConfig(
+        seed=args.seed,
+        device=resolve_device(args.device),
+        log_interval=args.log_interval or RunConfig.log_interval,
+        checkpoint_interval=args.checkpoint_interval or RunConfig.checkpoint_interval,
+        keep_checkpoints=args.keep_checkpoints,
+        target_success=args.target_success,
+        threads=args.threads,
+    )
+    return TrainConfig(env_name, env_kwargs, args.policy, policy_kwargs, learner, run)

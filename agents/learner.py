@@ -1,0 +1,111 @@
+"""What PPO and the IMPALA-style learner share: optimiser, schedule, replay of chunks.
+
+Shape legend: T rollout steps, B envs, b envs of a minibatch, C chunks, L chunk length.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+
+from agents.config import LearnerConfig
+from agents.rollout import Rollout, chunked, unchunk
+from policies.policy import MemoryPolicy, PolicyOutput
+
+Tensor = torch.Tensor
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training must stop."""
+
+
+class Replay:
+    """The current policy's outputs on a minibatch of rollout columns, time-first [T, b]."""
+
+    def __init__(self, policy: MemoryPolicy, rollout: Rollout, columns: Tensor):
+        obs, starts, state = chunked(rollout, columns)
+        output, _ = policy(obs, state, starts)
+        num_chunks = len(rollout.start_states)
+        distribution = torch.distributions.Categorical(logits=output.logits)
+        actions = chunked_field(rollout.actions, rollout, columns)
+        self.log_probs = unchunk(distribution.log_prob(actions), num_chunks)  # [T, b]
+        self.entropy = unchunk(distribution.entropy(), num_chunks)  # [T, b]
+        self.values = unchunk(output.values, num_chunks)  # [T, b]
+        self.output: PolicyOutput = output
+
+
+def chunked_field(tensor: Tensor, rollout: Rollout, columns: Tensor) -> Tensor:
+    """One [T, B] rollout field cut like ``chunked`` cuts the observations: [L, C·b]."""
+    length, num_chunks = rollout.chunk_length, len(rollout.start_states)
+    picked = tensor[:, columns].reshape(num_chunks, length, len(columns))  # [C, L, b]
+    return picked.transpose(0, 1).reshape(length, num_chunks * len(columns))
+
+
+class Learner(abc.ABC):
+    """Adam over the policy (span predictors at a lower rate), linear LR annealing,
+    gradient clipping and a stop on a non-finite loss."""
+
+    def __init__(self, policy: MemoryPolicy, config: LearnerConfig, seed: int):
+        self.policy, self.config = policy, config
+        self.optimizer = torch.optim.Adam(
+            policy.param_groups(config.learning_rate, config.span_lr_scale), eps=1e-5
+        )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.num_updates = config.total_steps // (config.num_envs * config.num_steps)
+        self.update_count = 0
+        self.generator = torch.Generator().manual_seed(seed)  # minibatch order
+
+    def set_learning_rate(self) -> float:
+        """Anneal linearly from the base rate to 0 over the run; return the main rate."""
+        fraction = 1.0
+        if self.config.anneal_lr:
+            fraction = 1.0 - self.update_count / max(self.num_updates, 1)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * fraction
+        return self.optimizer.param_groups[0]["lr"]
+
+    def minibatches(self) -> list[Tensor]:
+        """A random split of the env columns into ``num_minibatches`` groups."""
+        order = torch.randperm(self.config.num_envs, generator=self.generator)
+        return list(order.chunk(self.config.num_minibatches))
+
+    def optimise(self, loss: Tensor) -> Tensor:
+        """One gradient step; raises NonFiniteLossError before touching the weights."""
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at update {self.update_count}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return norm
+
+    def update(self, rollout: Rollout) -> dict[str, Tensor]:
+        """Learn from one rollout; returns metrics as 0-d tensors (read them when logging)."""
+        learning_rate = self.set_learning_rate()
+        metrics = self._update(rollout)
+        self.update_count += 1
+        metrics["learning_rate"] = torch.tensor(learning_rate)
+        return metrics
+
+    @abc.abstractmethod
+    def _update(self, rollout: Rollout) -> dict[str, Tensor]:
+        """The algorithm's epochs over the rollout."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "update_count": self.update_count,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.update_count = data["update_count"]
+        self.generator.set_state(data["generator"])
+
+
+def mean_metrics(history: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Average per-minibatch metric tensors (still on the device)."""
+    return {key: torch.stack([m[key] for m in history]).mean() for key in history[0]}

@@ -1,0 +1,211 @@
+"""Run directories: config, metrics, TensorBoard events and checkpoints of one run.
+
+Layout (``runs/<env>-<policy>-<algo>-s<seed>-<YYYYmmdd-HHMMSS>/``)::
+
+    config.json          the resolved TrainConfig (rebuilds env, policy and learner)
+    metrics.csv          one row per logging interval, columns METRIC_COLUMNS
+    events.out.tfevents* TensorBoard events, the same numbers under charts/, losses/, memory/
+    checkpoints/         ckpt_<update>.pt (the last few) and latest.pt
+    eval.json, videos/, plots/   written by evaluation
+
+Nothing a run wrote is lost to a crash or a kill: files are written to a
+temporary name and renamed (atomic on POSIX), metrics are appended and
+flushed row by row, and a resumed run first cuts ``metrics.csv`` back to the
+checkpoint it resumes from.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.config import ConfigError, TrainConfig
+
+CHECKPOINT_VERSION = 1
+
+# Column -> meaning. The one list of metric names: the CSV header, TensorBoard tags
+# and the README's table come from here.
+METRIC_COLUMNS: dict[str, str] = {
+    "global_step": "env steps so far, all envs together",
+    "update": "learner updates so far",
+    "wall_time": "seconds since the run started (across resumes)",
+    "sps": "env steps per second over the last logging interval",
+    "episodes": "episodes finished in the interval",
+    "success_rate": "fraction of those episodes that succeeded",
+    "episode_return": "their mean return",
+    "episode_length": "their mean length",
+    "policy_loss": "policy-gradient loss (PPO clipped / V-trace)",
+    "value_loss": "value loss",
+    "entropy": "policy entropy",
+    "aux_loss": "the policy's auxiliary loss (Expire-Span span loss, already times alpha)",
+    "approx_kl": "approximate KL between behaviour and updated policy",
+    "clip_fraction": "fraction of ratios clipped (PPO) or above rho-bar (IMPALA)",
+    "grad_norm": "gradient norm before clipping",
+    "learning_rate": "current learning rate",
+    "mem_alive_mean": "memories alive per env after the rollout (mean over envs and layers)",
+    "mem_alive_max": "largest alive count of any env and layer",
+    "span_mean": "mean predicted span of new memories in the last rollout step",
+}
+TENSORBOARD_PREFIX = {
+    "sps": "charts", "episodes": "charts", "success_rate": "charts", "episode_return": "charts",
+    "episode_length": "charts", "learning_rate": "charts", "mem_alive_mean": "memory",
+    "mem_alive_max": "memory", "span_mean": "memory",
+}  # fmt: skip
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used: missing, not a run, corrupt or mismatched."""
+
+
+def default_name(config: TrainConfig) -> str:
+    """``<env>-<policy>-<algo>-s<seed>-<YYYYmmdd-HHMMSS>`` (gym ids made file-safe)."""
+    env = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.env)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{env}-{config.policy}-{config.learner.algo}-s{config.run.seed}-{stamp}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class RunDir:
+    """One run's directory: create it for a new run or open it to resume or evaluate."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics_path = self.path / "metrics.csv"
+        self.config_path = self.path / "config.json"
+
+    @classmethod
+    def create(cls, path: str | Path, config: TrainConfig) -> RunDir:
+        run = cls(path)
+        if run.config_path.exists():
+            raise RunDirError(
+                f"{run.path} already holds a run; resume it with --resume {run.path} "
+                "or choose another --run-dir"
+            )
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run.config_path, json.dumps(config.to_dict(), indent=2).encode())
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run; raises RunDirError when ``path`` is not one."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise RunDirError(f"run directory {run.path} does not exist")
+        if not run.config_path.is_file():
+            raise RunDirError(f"{run.path} is not a run directory (no config.json)")
+        return run
+
+    def config(self) -> TrainConfig:
+        try:
+            return TrainConfig.from_dict(json.loads(self.config_path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as error:
+            raise RunDirError(f"{self.config_path} is not a valid run config: {error}") from None
+
+    # -- checkpoints ---------------------------------------------------------
+    def save_checkpoint(self, payload: dict[str, Any], update: int, keep: int) -> Path:
+        """Write ``ckpt_<update>.pt`` and ``latest.pt`` atomically; keep the last ``keep``."""
+        payload = {"format_version": CHECKPOINT_VERSION, **payload}
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoints / f"ckpt_{update:08d}.pt"
+        atomic_torch_save(payload, path)
+        atomic_torch_save(payload, self.checkpoints / "latest.pt")
+        numbered = sorted(self.checkpoints.glob("ckpt_*.pt"))
+        for old in numbered[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def checkpoint_path(self, name: str | None = None) -> Path:
+        """``latest.pt`` or a named checkpoint (a file name in checkpoints/ or a path)."""
+        if name is None:
+            path = self.checkpoints / "latest.pt"
+        else:
+            path = Path(name)
+            if not path.is_file():
+                path = self.checkpoints / name
+        if not path.is_file():
+            available = ", ".join(p.name for p in sorted(self.checkpoints.glob("*.pt"))) or "none"
+            raise RunDirError(f"checkpoint {path} not found (available: {available})")
+        return path
+
+    def load_checkpoint(self, name: str | None = None, device: str = "cpu") -> dict[str, Any]:
+        """Load a checkpoint; a corrupt or foreign file is a RunDirError."""
+        path = self.checkpoint_path(name)
+        try:
+            payload = torch.load(path, map_location=device, weights_only=False)
+        except Exception as error:  # any unpickling failure means a corrupt file
+            raise RunDirError(f"checkpoint {path} is corrupt: {type(error).__name__}") from None
+        if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_VERSION:
+            raise RunDirError(f"{path} is not a checkpoint of this version of expire-rl")
+        return payload
+
+    # -- metrics ---------------------------------------------------------------
+    def append_metrics(self, row: dict[str, float]) -> None:
+        """Append one row to metrics.csv (header first if new) and flush it to disk."""
+        new = not self.metrics_path.exists() or self.metrics_path.stat().st_size == 0
+        with open(self.metrics_path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(METRIC_COLUMNS))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _format(row.get(k, math.nan)) for k in METRIC_COLUMNS})
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def truncate_metrics(self, global_step: int) -> None:
+        """Drop rows logged after ``global_step`` (written after the checkpoint resumed from)."""
+        if not self.metrics_path.exists():
+            return
+        with open(self.metrics_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [row for row in rows if int(row.get("global_step") or 0) <= global_step]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_bytes(self.metrics_path, buffer.getvalue().encode())
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        """metrics.csv as a list of rows of floats."""
+        if not self.metrics_path.exists():
+            return []
+        with open(self.metrics_path, newline="") as handle:
+            return [{k: float(v) if v != "" else math.nan for k, v in row.items()}
+                    for row in csv.DictReader(handle)]  # fmt: skip
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run directory (rank 0 under torch.distributed)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0

@@ -1,0 +1,198 @@
+"""The training loop: collect, update, log, checkpoint; resumable at any checkpoint.
+
+One seed gives the same run on CPU, and a run resumed from a checkpoint goes
+on exactly as the uninterrupted run would have: the checkpoint holds the
+weights, the optimiser, the schedule position, every random state, the envs'
+state and the policy's memory.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.build import build_policy, make_env
+from agents.config import TrainConfig
+from agents.impala import IMPALA
+from agents.learner import Learner
+from agents.ppo import PPO
+from agents.rollout import Collector
+from agents.run_dir import TENSORBOARD_PREFIX, RunDir, is_main_process
+
+LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "impala": IMPALA}
+
+
+def _memory_stats(collector: Collector) -> dict[str, float]:
+    output = getattr(collector, "last_output", None)
+    if output is None or output.memory_alive_mean.numel() == 0:
+        return {"mem_alive_mean": math.nan, "mem_alive_max": math.nan, "span_mean": math.nan}
+    span = output.span_mean
+    return {
+        "mem_alive_mean": output.memory_alive_mean.float().mean().item(),
+        "mem_alive_max": output.memory_alive_max.float().max().item(),
+        "span_mean": span.float().mean().item() if span.numel() else math.nan,
+    }
+
+
+class Progress:
+    """A live progress bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.interactive = enabled and sys.stdout.isatty()
+        self.bar = None
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", unit_scale=True,
+                            dynamic_ncols=True)  # fmt: skip
+        self.enabled = enabled
+
+    def advance(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def log(self, row: dict[str, float]) -> None:
+        text = {
+            "sps": f"{row['sps']:.0f}",
+            "success": f"{row['success_rate']:.3f}",
+            "return": f"{row['episode_return']:.3f}",
+            "alive": f"{row['mem_alive_mean']:.1f}",
+        }
+        if self.bar is not None:
+            self.bar.set_postfix(text, refresh=True)
+        elif self.enabled:
+            fields = " ".join(f"{k}={v}" for k, v in text.items())
+            print(f"step {int(row['global_step'])} update {int(row['update'])} {fields}",
+                  flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Everything of one run, built from its config; ``run()`` trains to the end."""
+
+    def __init__(self, config: TrainConfig, run_dir: RunDir, resume: bool = False,
+                 progress: bool = True):  # fmt: skip
+        self.config, self.run_dir = config, run_dir
+        run = config.run
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        torch.manual_seed(run.seed)
+        np.random.seed(run.seed)
+        self.device = torch.device(run.device)
+        self.env = make_env(config)
+        self.policy = build_policy(config, self.env, self.device)
+        self.learner = LEARNERS[config.learner.algo](self.policy, config.learner, run.seed)
+        self.collector = Collector(
+            self.env, self.policy, config.learner.num_steps, config.learner.chunk_length,
+            run.seed,
+        )  # fmt: skip
+        self.steps_per_update = config.learner.num_envs * config.learner.num_steps
+        self.global_step, self.wall_offset = 0, 0.0
+        if resume:
+            self._restore(run_dir.load_checkpoint(device=str(self.device)))
+        self.progress_enabled = progress
+
+    # -- checkpoints ---------------------------------------------------------
+    def _payload(self, wall_time: float) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "global_step": self.global_step,
+            "update": self.learner.update_count,
+            "wall_time": wall_time,
+            "policy": self.policy.state_dict(),
+            "learner": self.learner.state_dict(),
+            "collector": self.collector.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "numpy_rng": np.random.get_state(),
+        }
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        self.policy.load_state_dict(payload["policy"])
+        self.learner.load_state_dict(payload["learner"])
+        self.collector.load_state_dict(payload["collector"])
+        torch.set_rng_state(payload["torch_rng"])
+        if payload.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        np.random.set_state(payload["numpy_rng"])
+        self.global_step = payload["global_step"]
+        self.wall_offset = payload["wall_time"]
+        if is_main_process():
+            self.run_dir.truncate_metrics(self.global_step)
+
+    def save(self, wall_time: float) -> None:
+        if is_main_process():
+            self.run_dir.save_checkpoint(
+                self._payload(wall_time), self.learner.update_count,
+                self.config.run.keep_checkpoints,
+            )  # fmt: skip
+
+    # -- the loop --------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        """Train until ``total_steps`` (or ``target_success``); return the last metrics row."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        config, learner = self.config, self.learner
+        writer = None
+        if is_main_process():
+            writer = SummaryWriter(str(self.run_dir.path), purge_step=self.global_step or None)
+        progress = Progress(config.learner.total_steps, self.global_step, self.progress_enabled)
+        start = time.perf_counter()
+        interval_start, interval_steps = start, 0
+        last_row: dict[str, float] = {}
+        try:
+            while learner.update_count < learner.num_updates:
+                rollout = self.collector.collect()
+                metrics = learner.update(rollout)
+                self.global_step += self.steps_per_update
+                interval_steps += self.steps_per_update
+                progress.advance(self.steps_per_update)
+                update = learner.update_count
+                last = update == learner.num_updates
+                wall = self.wall_offset + time.perf_counter() - start
+                stop = False
+                if update % config.run.log_interval == 0 or last:
+                    now = time.perf_counter()
+                    row = {
+                        "global_step": self.global_step,
+                        "update": update,
+                        "wall_time": wall,
+                        "sps": interval_steps / max(now - interval_start, 1e-9),
+                        **self.collector.stats.read(),
+                        **{key: value.item() for key, value in metrics.items()},
+                        **_memory_stats(self.collector),
+                    }
+                    interval_start, interval_steps = now, 0
+                    self._log(row, writer)
+                    progress.log(row)
+                    last_row = row
+                    target = config.run.target_success
+                    stop = target is not None and row["success_rate"] >= target
+                if update % config.run.checkpoint_interval == 0 or last or stop:
+                    self.save(wall)
+                if stop:
+                    break
+        finally:
+            progress.close()
+            if writer is not None:
+                writer.close()
+        return last_row
+
+    def _log(self, row: dict[str, float], writer: Any) -> None:
+        if not is_main_process():
+            return
+        self.run_dir.append_metrics(row)
+        for key, value in row.items():
+            if key in ("global_step", "update") or not math.isfinite(value):
+                continue
+            prefix = TENSORBOARD_PREFIX.get(key, "losses")
+            writer.add_scalar(f"{prefix}/{key}", value, int(row["global_step"]))
+        writer.flush()
