@@ -71,8 +71,8 @@ class MemoryPolicy(nn.Module):
         self.core = CORE_CLASSES[kind](config)
         self.actor = nn.Linear(config.d_model, num_actions)
         self.critic = nn.Linear(config.d_model, 1)
-        # CleanRL's heads: a near-uniform initial policy, a unit-gain critic.
-        nn.init.orthogonal_(self.actor.weight, gain=0.01)
+        # Orthogonal heads as in CleanRL, but see PolicyConfig.actor_init_gain for the actor.
+        nn.init.orthogonal_(self.actor.weight, gain=config.actor_init_gain)
         nn.init.orthogonal_(self.critic.weight, gain=1.0)
         nn.init.zeros_(self.critic.bias)
         with torch.no_grad():
