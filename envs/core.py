@@ -232,7 +232,7 @@ class BatchedEnv(abc.ABC):
         """Restore a :meth:`state_dict` of an env built with the same settings."""
         for key, value in data["tensors"].items():
             current = getattr(self, key, None)
-            if not isinstance(current, Tensor) or current.shape[1:] != value.shape[1:]:
+            if isinstance(current, Tensor) and current.shape[1:] != value.shape[1:]:
                 raise ValueError(f"env state {key!r} does not fit this env")
             setattr(self, key, value.to(self.device))
         self.generator.set_state(data["generator"])

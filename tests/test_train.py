@@ -1,0 +1,157 @@
+"""The training CLI end to end: run directories, determinism, resume after a kill, errors."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_rl
+from agents.run_dir import METRIC_COLUMNS, RunDir
+
+TINY = ["--env", "corridor", "--length", "4", "--num-envs", "8", "--num-steps", "16",
+        "--num-minibatches", "2", "--update-epochs", "2", "--log-interval", "1",
+        "--threads", "1"]  # fmt: skip
+TIMING = ("wall_time", "sps")
+
+
+def train(tmp_path: Path, *extra: str, name: str = "run") -> Path:
+    run_dir = tmp_path / name
+    status = train_rl.main([*TINY, "--run-dir", str(run_dir), *extra], progress=False)
+    assert status == 0
+    return run_dir
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_timing(table: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in table]
+
+
+@pytest.mark.parametrize("policy", ["expire_span", "trxl", "lstm"])
+@pytest.mark.parametrize("algo", ["ppo", "impala"])
+def test_every_policy_and_learner_trains_and_writes_a_run_directory(tmp_path, policy, algo):
+    run_dir = train(tmp_path, "--policy", policy, "--algo", algo, "--total-steps", "384")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["policy"] == policy and config["learner"]["algo"] == algo
+    assert config["env_kwargs"]["length"] == 4
+    table = rows(run_dir)
+    assert list(table[0]) == list(METRIC_COLUMNS)
+    assert [int(r["global_step"]) for r in table] == [128, 256, 384]
+    assert all(float(r["episodes"]) > 0 for r in table)
+    assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
+    checkpoint = RunDir.open(run_dir).load_checkpoint()
+    assert checkpoint["global_step"] == 384 and checkpoint["update"] == 3
+    if policy == "expire_span":
+        assert float(table[-1]["mem_alive_mean"]) > 0 and float(table[-1]["span_mean"]) > 0
+
+
+def test_same_seed_gives_the_same_run(tmp_path):
+    first = train(tmp_path, "--total-steps", "512", "--seed", "3", name="a")
+    second = train(tmp_path, "--total-steps", "512", "--seed", "3", name="b")
+    other = train(tmp_path, "--total-steps", "512", "--seed", "4", name="c")
+    assert without_timing(rows(first)) == without_timing(rows(second))
+    assert without_timing(rows(first)) != without_timing(rows(other))
+
+
+def test_resume_after_sigkill_continues_the_same_run(tmp_path):
+    args = [*TINY, "--total-steps", str(128 * 60), "--checkpoint-interval", "3", "--seed", "5"]
+    reference = tmp_path / "reference"
+    assert train_rl.main([*args, "--run-dir", str(reference)], progress=False) == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(train_rl.__file__).parent)}
+    process = subprocess.Popen(
+        [sys.executable, train_rl.__file__, *args, "--run-dir", str(killed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "ckpt_00000009.pt").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = RunDir.open(killed).load_checkpoint()["update"]
+    assert 9 <= interrupted_at < 60
+
+    assert train_rl.main(["--resume", str(killed)], progress=False) == 0
+    resumed = rows(killed)
+    steps = [int(r["global_step"]) for r in resumed]
+    assert steps == [128 * (i + 1) for i in range(60)]  # none missing, none twice
+    assert without_timing(resumed) == without_timing(rows(reference))
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    from agents import learner
+
+    real_optimise = learner.Learner.optimise
+
+    def poisoned(self, loss):
+        if self.update_count >= 2:
+            loss = loss * float("nan")
+        return real_optimise(self, loss)
+
+    monkeypatch.setattr(learner.Learner, "optimise", poisoned)
+    run_dir = tmp_path / "nan"
+    argv = [*TINY, "--total-steps", "1280", "--checkpoint-interval", "1", "--run-dir", str(run_dir)]
+    assert train_rl.main(argv, progress=False) == 1
+    assert "loss is nan" in capsys.readouterr().err
+    checkpoint = RunDir.open(run_dir).load_checkpoint()
+    assert checkpoint["update"] == 2
+    assert all(torch.isfinite(v).all() for v in checkpoint["policy"].values())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env", "maze"], "unknown env 'maze'; choose corridor, portal, instruction"),
+        (["--length", "0"], "corridor: length must be an integer >= 1, got 0"),
+        (["--num-rooms", "3"], "--num-rooms is not a parameter of corridor"),
+        (["--policy", "lstm", "--max-span", "10"], "--max-span does not apply to --policy lstm"),
+        (["--num-envs", "6", "--num-minibatches", "4"], "--num-minibatches 4 must divide"),
+        (["--learning-rate", "-1"], "--learning-rate must be in (0.0, 1.0], got -1.0"),
+        (["--resume", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(argv, message, capsys):
+    assert train_rl.main(argv, progress=False) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_resume_refuses_corrupt_checkpoints_and_mismatched_flags(tmp_path, capsys):
+    run_dir = train(tmp_path, "--total-steps", "256")
+    assert train_rl.main(["--resume", str(run_dir), "--length", "9"], progress=False) == 2
+    assert "mismatched run directory" in capsys.readouterr().err
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    assert train_rl.main(["--resume", str(run_dir)], progress=False) == 2
+    assert "is corrupt" in capsys.readouterr().err
+    assert train_rl.main(["--resume", str(tmp_path)], progress=False) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
+    run_dir = train(tmp_path, "--total-steps", "128")
+    argv = [*TINY, "--total-steps", "128", "--run-dir", str(run_dir)]
+    assert train_rl.main(argv, progress=False) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_expire_span_solves_corridor_50(tmp_path):
+    run_dir = tmp_path / "c50"
+    argv = ["--env", "corridor", "--length", "50", "--total-steps", "600000",
+            "--target-success", "0.95", "--run-dir", str(run_dir)]  # fmt: skip
+    assert train_rl.main(argv, progress=False) == 0
+    assert float(rows(run_dir)[-1]["success_rate"]) >= 0.95
