@@ -1,0 +1,369 @@
+"""Evaluation of saved policies on the batched env, and everything it needs from a run.
+
+Shape legend: B num_envs, L layers (of the memory core), A actions.
+
+The core is :func:`evaluate`: it plays ``episodes`` episodes with any
+:class:`Agent` (a trained :class:`PolicyAgent`, or the task's scripted
+:class:`OracleAgent`, so the evaluator itself can be checked against a known
+answer) and returns an :class:`EvalResult`. Episodes are split evenly over
+the envs as in Stable-Baselines3: env b plays ``(episodes + b) // B``
+counted episodes, and what it plays after them is not counted, so short
+episodes do not dominate. Everything stays on the env's device; the host
+reads a flag once every ``check_interval`` steps to see whether all envs are
+done, and the sums once at the end.
+
+:func:`load_run` rebuilds env settings, policy and weights from a run
+directory alone (``config.json`` and a checkpoint), with task overrides such
+as a longer corridor to test generalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import torch
+
+import envs
+from agents.build import build_policy, make_env
+from agents.config import TASK_FLAGS, ConfigError, TrainConfig
+from agents.run_dir import RunDir, RunDirError
+from policies.policy import MemoryPolicy, PolicyOutput
+
+Tensor = torch.Tensor
+Obs = dict[str, Tensor]
+
+Z_95 = 1.959963984540054
+"""Two-sided 95% quantile of the standard normal distribution."""
+
+BASE_INFO_KEYS = ("success", "episode_return", "episode_length", "final_obs")
+"""``info`` entries every batched env has; the others are the task's per-episode counters."""
+
+
+# -- agents ------------------------------------------------------------------------------
+class ActionStep(NamedTuple):
+    """What an agent does in one step of B envs."""
+
+    actions: Tensor
+    """[B] actions."""
+    state: Any
+    """The agent's state after the step (a `policies.State`, or None)."""
+    memory_alive: Tensor | None
+    """[B, L] memories per layer kept for the next step, or None for agents without them."""
+    output: PolicyOutput | None = None
+    """The policy's full output of the step ([1, B, ...] fields), when there is a policy."""
+
+
+class Agent(Protocol):
+    """Anything the evaluator can play: a trained policy or a scripted one."""
+
+    def initial_state(self, num_envs: int, device: torch.device) -> Any:
+        """The state before the first step of ``num_envs`` envs."""
+
+    def act(self, obs: Obs, state: Any, episode_starts: Tensor) -> ActionStep:
+        """Actions for ``obs`` (fields [B, ...]); ``episode_starts`` [B] marks new episodes."""
+
+
+def memory_alive(state: Any) -> Tensor | None:
+    """[B, L] memories kept per env and layer, from a transformer core's state, else None."""
+    tensors = getattr(state, "tensors", {})
+    layers = sorted(int(name.rsplit("_", 1)[1]) for name in tensors
+                    if name.startswith("memory_valid_"))  # fmt: skip
+    if not layers:
+        return None
+    return torch.stack([tensors[f"memory_valid_{layer}"].sum(dim=1) for layer in layers], dim=1)
+
+
+class PolicyAgent:
+    """A `MemoryPolicy` acting greedily (``deterministic``) or by sampling its distribution.
+
+    Sampling draws from its own generator (seeded by ``seed``), so an evaluation does not
+    disturb, nor depend on, torch's global random state.
+    """
+
+    def __init__(self, policy: MemoryPolicy, deterministic: bool = True, seed: int = 0):
+        self.policy = policy
+        self.deterministic = deterministic
+        device = next(policy.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def initial_state(self, num_envs: int, device: torch.device) -> Any:
+        return self.policy.initial_state(num_envs, device)
+
+    @torch.no_grad()
+    def act(self, obs: Obs, state: Any, episode_starts: Tensor) -> ActionStep:
+        one_step = {key: value[None] for key, value in obs.items()}  # [B, ...] -> [1, B, ...]
+        output, state = self.policy(one_step, state, episode_starts[None])
+        logits = output.logits[0]  # [B, A]
+        if self.deterministic:
+            actions = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits.float(), dim=-1)
+            actions = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return ActionStep(actions, state, memory_alive(state), output)
+
+
+class OracleAgent:
+    """The task's scripted oracle (it reads the env's hidden layout), as an agent."""
+
+    def __init__(self, env: envs.BatchedEnv):
+        self.env = env
+
+    def initial_state(self, num_envs: int, device: torch.device) -> None:
+        return None
+
+    def act(self, obs: Obs, state: Any, episode_starts: Tensor) -> ActionStep:
+        return ActionStep(self.env.oracle_actions(), None, None)
+
+
+# -- evaluation ----------------------------------------------------------------------------
+def wilson_interval(successes: float, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default); (nan, nan) if no trial."""
+    if trials <= 0:
+        return (math.nan, math.nan)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)  # exact ends, no rounding dust
+    high = 1.0 if successes >= trials else min(1.0, centre + half)
+    return (low, high)
+
+
+@dataclass
+class EvalResult:
+    """Outcome of :func:`evaluate`; ``to_dict`` is what eval.json holds (NaN -> null)."""
+
+    episodes: int
+    success_rate: float
+    success_ci95: tuple[float, float]
+    mean_return: float
+    std_return: float
+    mean_length: float
+    mem_alive_mean: float
+    """Memories alive per env and layer, mean over the counted steps (NaN without memories)."""
+    mem_alive_max: float
+    """Largest number alive in any env and layer at any counted step."""
+    counters: dict[str, float] = field(default_factory=dict)
+    """The task's per-episode counters, mean per episode (e.g. portal ``goals``), plus
+    ``instructions_carried_fraction`` = carried / resolved for the instruction task."""
+    num_envs: int = 0
+    env_steps: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            if isinstance(value, (list, tuple)):
+                return [clean(v) for v in value]
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return value
+
+        return clean(dataclasses.asdict(self))
+
+
+def episode_targets(episodes: int, num_envs: int, device: torch.device) -> Tensor:
+    """[B] counted episodes per env: ``(episodes + b) // B``, which sum to ``episodes``."""
+    return (episodes + torch.arange(num_envs, device=device)) // num_envs
+
+
+class EpisodeTally:
+    """Sums over the counted episodes and steps of an evaluation, kept on the device."""
+
+    def __init__(self, device: torch.device):
+        # success, return, return², length: sums over counted episodes.
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        self.counters: dict[str, Tensor] = {}
+        # alive memories: sum and count of (env, layer) entries at counted steps, and max.
+        self.alive = torch.zeros(2, dtype=torch.float64, device=device)
+        self.alive_max = torch.full((), -math.inf, dtype=torch.float64, device=device)
+
+    def add_memory(self, alive: Tensor, counting: Tensor) -> None:
+        """``alive`` [B, L] memories kept per env and layer; ``counting`` [B] bool."""
+        alive = alive.to(torch.float64)
+        weight = counting.to(torch.float64)[:, None]  # [B, 1]
+        self.alive += torch.stack([(alive * weight).sum(), weight.sum() * alive.shape[1]])
+        masked = torch.where(counting[:, None], alive, -math.inf)  # [B, L]
+        self.alive_max = torch.maximum(self.alive_max, masked.max())
+
+    def add_episodes(self, counted: Tensor, info: dict[str, Tensor]) -> None:
+        """Add the episodes that ended where ``counted`` [B] is true."""
+        counted = counted.to(torch.float64)
+        episode_return = info["episode_return"].to(torch.float64)
+        self.sums += torch.stack([
+            (info["success"].to(torch.float64) * counted).sum(),
+            (episode_return * counted).sum(),
+            (episode_return.square() * counted).sum(),
+            (info["episode_length"].to(torch.float64) * counted).sum(),
+        ])  # fmt: skip
+        for key, value in info.items():
+            if key not in BASE_INFO_KEYS and value.shape == counted.shape:
+                total = (value.to(torch.float64) * counted).sum()
+                self.counters[key] = self.counters[key] + total if key in self.counters else total
+
+    def result(self, episodes: int, num_envs: int, env_steps: int, seconds: float) -> EvalResult:
+        """Read the sums (the one host synchronisation of the evaluation's statistics)."""
+        successes, return_sum, return_sq, length_sum = self.sums.tolist()
+        mean_return = return_sum / episodes
+        means = {key: value.item() / episodes for key, value in self.counters.items()}
+        if "instructions_carried" in self.counters and "instructions_resolved" in self.counters:
+            resolved = self.counters["instructions_resolved"].item()
+            carried = self.counters["instructions_carried"].item()
+            means["instructions_carried_fraction"] = carried / resolved if resolved else math.nan
+        alive_sum, alive_count = self.alive.tolist()
+        return EvalResult(
+            episodes=episodes,
+            success_rate=successes / episodes,
+            success_ci95=wilson_interval(successes, episodes),
+            mean_return=mean_return,
+            std_return=math.sqrt(max(return_sq / episodes - mean_return**2, 0.0)),
+            mean_length=length_sum / episodes,
+            mem_alive_mean=alive_sum / alive_count if alive_count else math.nan,
+            mem_alive_max=self.alive_max.item() if alive_count else math.nan,
+            counters=means,
+            num_envs=num_envs,
+            env_steps=env_steps,
+            seconds=seconds,
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    env: Any, agent: Agent, episodes: int, seed: int | None = None, check_interval: int = 64
+) -> EvalResult:
+    """Play ``episodes`` episodes of ``env`` (batched) with ``agent``; memory is reset at every
+    episode start through ``episode_starts``. The host checks for the end every
+    ``check_interval`` steps (and never past the step by which every episode must have ended
+    when the env has a time limit)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    num_envs, device = env.num_envs, env.device
+    targets = episode_targets(episodes, num_envs, device)  # [B]
+    time_limit = getattr(env, "max_steps", None)
+    step_limit = int(targets.max()) * time_limit if time_limit else None
+    start = time.perf_counter()
+    obs = env.reset(seed=seed)
+    state = agent.initial_state(num_envs, device)
+    episode_starts = torch.ones(num_envs, dtype=torch.bool, device=device)
+    finished = torch.zeros(num_envs, dtype=torch.long, device=device)  # [B] episodes ended
+    tally = EpisodeTally(device)
+    steps = 0
+    while True:
+        counting = finished < targets  # [B] envs inside a counted episode
+        step = agent.act(obs, state, episode_starts)
+        state = step.state
+        if step.memory_alive is not None and step.memory_alive.numel() > 0:
+            tally.add_memory(step.memory_alive, counting)
+        obs, _, terminated, truncated, info = env.step(step.actions)
+        done = terminated | truncated
+        tally.add_episodes(done & counting, info)
+        finished += done.long()
+        episode_starts = done
+        steps += 1
+        if step_limit is not None and steps >= step_limit:
+            break
+        if steps % check_interval == 0 and bool((finished >= targets).all()):
+            break
+    return tally.result(episodes, num_envs, steps * num_envs, time.perf_counter() - start)
+
+
+# -- rebuilding a run ------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """A run rebuilt for evaluation: its config, the task settings to use, the policy."""
+
+    run_dir: RunDir
+    config: TrainConfig
+    env_kwargs: dict[str, Any]
+    """Task settings for evaluation: the run's, with the overrides applied."""
+    overrides: dict[str, Any]
+    policy: MemoryPolicy
+    checkpoint: dict[str, Any]
+    """global_step, update, wall_time and path of the checkpoint loaded."""
+    device: torch.device
+
+    def make_env(self, num_envs: int, seed: int, device: str | torch.device | None = None) -> Any:
+        """A batched env with the evaluation's task settings."""
+        device = self.device if device is None else device
+        return make_env(self.config, num_envs=num_envs, device=str(device), seed=seed,
+                        **self.env_kwargs)  # fmt: skip
+
+
+def resolve_task(config: TrainConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The run's task settings with ``overrides`` applied and validated (raises ConfigError).
+
+    A time limit the run left at the task's default follows the overridden settings (a
+    corridor of length 5000 gets the default limit of that length), unless given too.
+    """
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    if config.env not in envs.TASKS:
+        if overrides:
+            name = next(iter(overrides))
+            raise ConfigError(f"--{name.replace('_', '-')} applies only to the suite's own tasks, "
+                              f"not {config.env}")  # fmt: skip
+        return dict(config.env_kwargs)
+    allowed = TASK_FLAGS[config.env]
+    for name, value in overrides.items():
+        if name not in allowed:
+            flags = ", ".join("--" + n.replace("_", "-") for n in allowed)
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is not a parameter of "
+                              f"{config.env} (its parameters: {flags})")  # fmt: skip
+    view_size = config.env_kwargs.get("view_size")
+    if "view_size" in overrides and overrides["view_size"] != view_size:
+        raise ConfigError(
+            f"--view-size {overrides['view_size']}: the policy was trained with "
+            f"view_size {view_size}, and its observations must keep that shape"
+        )
+    task_class = envs.TASKS[config.env][0].config_class
+    kwargs = dict(config.env_kwargs)
+    if overrides and "max_steps" not in overrides and "max_steps" in kwargs:
+        without_limit = {k: v for k, v in kwargs.items() if k != "max_steps"}
+        try:
+            if task_class(**without_limit).max_steps == kwargs["max_steps"]:
+                kwargs = without_limit  # the run used the default time limit: keep following it
+        except ValueError:
+            pass
+    kwargs.update(overrides)
+    try:
+        task = task_class(**kwargs)
+    except ValueError as error:
+        given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+        raise ConfigError(f"{given}: {config.env} rejects it: {error}") from None
+    return {name: getattr(task, name) for name in allowed}
+
+
+def load_run(
+    path: str, checkpoint: str | None = None, device: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> LoadedRun:  # fmt: skip
+    """Rebuild a run's policy and weights from its directory (raises RunDirError/ConfigError)."""
+    run_dir = RunDir.open(path)
+    config = run_dir.config()
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    env_kwargs = resolve_task(config, overrides)
+    payload = run_dir.load_checkpoint(checkpoint, device=device)
+    if "policy" not in payload:
+        raise RunDirError(f"{run_dir.checkpoint_path(checkpoint)} holds no policy weights")
+    env = make_env(config, num_envs=1, device=device, seed=0, **env_kwargs)
+    try:
+        policy = build_policy(config, env, device)
+        policy.load_state_dict(payload["policy"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise RunDirError(
+            f"checkpoint {run_dir.checkpoint_path(checkpoint)} does not fit the "
+            f"run's policy: {first_line}"
+        ) from None
+    policy.eval()
+    info = {
+        "path": str(run_dir.checkpoint_path(checkpoint)),
+        "global_step": int(payload.get("global_step", 0)),
+        "update": int(payload.get("update", 0)),
+        "wall_time": float(payload.get("wall_time", 0.0)),
+    }
+    return LoadedRun(run_dir, config, env_kwargs, overrides, policy, info, torch.device(device))
