@@ -144,10 +144,16 @@ class Collector:
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
         self.env.load_state_dict(data["env"])
+        self.stats.sums = data["stats"].to(self.device)
+        if not getattr(self.env, "resumes_exactly", True):
+            # A python env cannot be restored mid-episode: it restarted, so does the memory.
+            self.obs = self.env.obs
+            self.episode_starts = torch.ones_like(self.episode_starts)
+            self.state = self.policy.initial_state(self.env.num_envs, self.device)
+            return
         self.obs = {key: value.to(self.device) for key, value in data["obs"].items()}
         self.episode_starts = data["episode_starts"].to(self.device)
         self.state = State.from_state_dict(data["policy_state"]).to(self.device)
-        self.stats.sums = data["stats"].to(self.device)
 
 
 def chunked(rollout: Rollout, columns: Tensor) -> tuple[dict[str, Tensor], Tensor, State]:
