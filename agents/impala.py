@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from agents.learner import Learner, Replay, mean_metrics
+from agents.learner import Learner, Replay
 from agents.returns import vtrace
 from agents.rollout import Rollout
 
@@ -23,36 +23,23 @@ Tensor = torch.Tensor
 class IMPALA(Learner):
     """Actor-critic learner with V-trace value targets and policy-gradient advantages."""
 
-    def _update(self, rollout: Rollout) -> dict[str, Tensor]:
+    def losses(
+        self, rollout: Rollout, replay: Replay, columns: Tensor, targets: None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         config = self.config
-        history = []
-        for _ in range(config.update_epochs):
-            for columns in self.minibatches():
-                columns = columns.to(rollout.actions.device)
-                replay = Replay(self.policy, rollout, columns)
-                values = replay.values.detach()
-                targets = vtrace(
-                    rollout.log_probs[:, columns], replay.log_probs.detach(),
-                    rollout.rewards[:, columns], values, rollout.last_values[columns],
-                    rollout.terminated[:, columns], rollout.truncated[:, columns], values,
-                    config.gamma, config.rho_clip, config.c_clip,
-                )  # fmt: skip
-                policy_loss = -(targets.pg_advantages * replay.log_probs).mean()
-                value_loss = 0.5 * (replay.values - targets.vs).pow(2).mean()
-                entropy = replay.entropy.mean()
-                aux_loss = replay.output.aux_loss
-                loss = (policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-                        + aux_loss)  # fmt: skip
-                grad_norm = self.optimise(loss)
-                with torch.no_grad():
-                    log_ratio = replay.log_probs - rollout.log_probs[:, columns]
-                    history.append({
-                        "policy_loss": policy_loss.detach(),
-                        "value_loss": value_loss.detach(),
-                        "entropy": entropy.detach(),
-                        "aux_loss": aux_loss.detach(),
-                        "approx_kl": (log_ratio.exp() - 1 - log_ratio).mean(),
-                        "clip_fraction": (log_ratio.exp() > config.rho_clip).float().mean(),
-                        "grad_norm": grad_norm.detach(),
-                    })  # fmt: skip
-        return mean_metrics(history)
+        values = replay.values.detach()
+        vtrace_targets = vtrace(
+            rollout.log_probs[:, columns], replay.log_probs.detach(),
+            rollout.rewards[:, columns], values, rollout.last_values[columns],
+            rollout.terminated[:, columns], rollout.truncated[:, columns], values,
+            config.gamma, config.rho_clip, config.c_clip,
+        )  # fmt: skip
+        policy_loss = -(vtrace_targets.pg_advantages * replay.log_probs).mean()
+        value_loss = 0.5 * (replay.values - vtrace_targets.vs).pow(2).mean()
+        with torch.no_grad():
+            log_ratio = replay.log_probs - rollout.log_probs[:, columns]
+            extra = {
+                "approx_kl": (log_ratio.exp() - 1 - log_ratio).mean(),
+                "clip_fraction": (log_ratio.exp() > config.rho_clip).float().mean(),
+            }
+        return policy_loss, value_loss, extra

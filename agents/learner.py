@@ -82,16 +82,48 @@ class Learner(abc.ABC):
         return norm
 
     def update(self, rollout: Rollout) -> dict[str, Tensor]:
-        """Learn from one rollout; returns metrics as 0-d tensors (read them when logging)."""
+        """Learn from one rollout; returns metrics as 0-d tensors (read them when logging).
+
+        Epochs of minibatches of env columns; each minibatch is replayed by the current
+        policy and its loss is ``policy + vf_coef · value − ent_coef · entropy + aux`` with
+        the policy and value terms from the algorithm (:meth:`losses`).
+        """
         learning_rate = self.set_learning_rate()
-        metrics = self._update(rollout)
+        config = self.config
+        targets = self.targets(rollout)
+        history = []
+        for _ in range(config.update_epochs):
+            for columns in self.minibatches():
+                columns = columns.to(rollout.actions.device)
+                replay = Replay(self.policy, rollout, columns)
+                policy_loss, value_loss, extra = self.losses(rollout, replay, columns, targets)
+                entropy = replay.entropy.mean()
+                aux_loss = replay.output.aux_loss
+                loss = (policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+                        + aux_loss)  # fmt: skip
+                grad_norm = self.optimise(loss)
+                history.append({
+                    "policy_loss": policy_loss.detach(),
+                    "value_loss": value_loss.detach(),
+                    "entropy": entropy.detach(),
+                    "aux_loss": aux_loss.detach(),
+                    "grad_norm": grad_norm.detach(),
+                    **extra,
+                })  # fmt: skip
         self.update_count += 1
+        metrics = mean_metrics(history)
         metrics["learning_rate"] = torch.tensor(learning_rate)
         return metrics
 
+    def targets(self, rollout: Rollout) -> Any:
+        """What the algorithm computes once per rollout (e.g. GAE advantages)."""
+        return None
+
     @abc.abstractmethod
-    def _update(self, rollout: Rollout) -> dict[str, Tensor]:
-        """The algorithm's epochs over the rollout."""
+    def losses(
+        self, rollout: Rollout, replay: Replay, columns: Tensor, targets: Any
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(policy loss, value loss, detached extra metrics) of one minibatch."""
 
     def state_dict(self) -> dict[str, Any]:
         return {

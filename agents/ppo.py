@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from agents.learner import Learner, Replay, mean_metrics
+from agents.learner import Learner, Replay
 from agents.returns import gae
 from agents.rollout import Rollout
 
@@ -23,44 +23,29 @@ Tensor = torch.Tensor
 class PPO(Learner):
     """Clipped-objective PPO with GAE advantages."""
 
-    def _update(self, rollout: Rollout) -> dict[str, Tensor]:
-        config = self.config
+    def targets(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         # A truncated episode bootstraps from the value of its last observed state (the
         # final observation's own value would need one more pass of the memory core).
-        advantages, returns = gae(
+        return gae(
             rollout.rewards, rollout.values, rollout.last_values, rollout.terminated,
-            rollout.truncated, rollout.values, config.gamma, config.gae_lambda,
+            rollout.truncated, rollout.values, self.config.gamma, self.config.gae_lambda,
         )  # fmt: skip
-        history = []
-        for _ in range(config.update_epochs):
-            for columns in self.minibatches():
-                columns = columns.to(rollout.actions.device)
-                replay = Replay(self.policy, rollout, columns)
-                log_ratio = replay.log_probs - rollout.log_probs[:, columns]  # [T, b]
-                ratio = log_ratio.exp()
-                adv = advantages[:, columns]
-                adv = (adv - adv.mean()) / adv.std().clamp_min(config.adv_std_floor)
-                clipped = ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
-                policy_loss = torch.max(-adv * ratio, -adv * clipped).mean()
-                value_loss = 0.5 * (replay.values - returns[:, columns]).pow(2).mean()
-                entropy = replay.entropy.mean()
-                aux_loss = replay.output.aux_loss
-                loss = (policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-                        + aux_loss)  # fmt: skip
-                grad_norm = self.optimise(loss)
-                with torch.no_grad():
-                    history.append({
-                        "policy_loss": policy_loss.detach(),
-                        "value_loss": value_loss.detach(),
-                        "entropy": entropy.detach(),
-                        "aux_loss": aux_loss.detach(),
-                        "approx_kl": ((ratio - 1) - log_ratio).mean(),
-                        "clip_fraction": ((ratio - 1).abs() > config.clip_coef).float().mean(),
-                        "grad_norm": grad_norm.detach(),
-                    })  # fmt: skip
-        metrics = mean_metrics(history)
-        variance = rollout.values.new_tensor(0.0) + returns.var()
-        metrics["explained_variance"] = 1 - (returns - rollout.values).var() / variance.clamp_min(
-            1e-8
-        )
-        return metrics
+
+    def losses(
+        self, rollout: Rollout, replay: Replay, columns: Tensor, targets: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        config = self.config
+        advantages, returns = targets
+        log_ratio = replay.log_probs - rollout.log_probs[:, columns]  # [T, b]
+        ratio = log_ratio.exp()
+        adv = advantages[:, columns]
+        adv = (adv - adv.mean()) / adv.std().clamp_min(config.adv_std_floor)
+        clipped = ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
+        policy_loss = torch.max(-adv * ratio, -adv * clipped).mean()
+        value_loss = 0.5 * (replay.values - returns[:, columns]).pow(2).mean()
+        with torch.no_grad():
+            extra = {
+                "approx_kl": ((ratio - 1) - log_ratio).mean(),
+                "clip_fraction": ((ratio - 1).abs() > config.clip_coef).float().mean(),
+            }
+        return policy_loss, value_loss, extra
