@@ -128,6 +128,10 @@ class Args:
     """IMPALA: V-trace rho-bar."""
     c_clip: float | None = None
     """IMPALA: V-trace c-bar."""
+    bootstrap_truncated: bool | None = None
+    """Bootstrap a time-limited episode from its value (True), or count the time-out as the
+    episode's end with nothing more to come (False: the corridor preset, where a time-out is
+    a failure and bootstrapping let agents idle at the junction)."""
 
     # --- the run ---
     seed: int = 1
@@ -173,6 +177,7 @@ class LearnerConfig:
     adv_std_floor: float = 0.02
     rho_clip: float = 1.0
     c_clip: float = 1.0
+    bootstrap_truncated: bool = True
 
 
 @dataclass
@@ -230,7 +235,12 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
         # cover the walk to the junction (about length / p(forward)); alpha = 0.01.
         # Entropy 0.01, not LESSONS' 0.001: measured at length 10, 0.001 let the policy
         # collapse (success 0.40, episodes 3x longer) before memory was learnt; 0.01 solved.
-        learner.update(gamma=0.999, ent_coef=0.01, total_steps=max(500_000, 2_500 * length))
+        # A time-out is a failed episode: measured at length 50, bootstrapping truncated
+        # episodes let the agent idle at the junction until every episode timed out.
+        learner.update(
+            gamma=0.999, ent_coef=0.01, bootstrap_truncated=False,
+            total_steps=max(500_000, 2_500 * length),
+        )  # fmt: skip
         policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
     elif env == "portal":
         learner.update(gamma=0.99, total_steps=5_000_000)

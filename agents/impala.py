@@ -28,10 +28,11 @@ class IMPALA(Learner):
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         config = self.config
         values = replay.values.detach()
+        terminated, truncated = self.episode_ends(rollout)
         vtrace_targets = vtrace(
             rollout.log_probs[:, columns], replay.log_probs.detach(),
             rollout.rewards[:, columns], values, rollout.last_values[columns],
-            rollout.terminated[:, columns], rollout.truncated[:, columns], values,
+            terminated[:, columns], truncated[:, columns], values,
             config.gamma, config.rho_clip, config.c_clip,
         )  # fmt: skip
         policy_loss = -(vtrace_targets.pg_advantages * replay.log_probs).mean()

@@ -115,6 +115,13 @@ class Learner(abc.ABC):
         metrics["learning_rate"] = torch.tensor(learning_rate)
         return metrics
 
+    def episode_ends(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        """(terminated, truncated) as the returns see them: with ``bootstrap_truncated`` off
+        a time-out ends the episode like a termination."""
+        if self.config.bootstrap_truncated:
+            return rollout.terminated, rollout.truncated
+        return rollout.terminated | rollout.truncated, torch.zeros_like(rollout.truncated)
+
     def targets(self, rollout: Rollout) -> Any:
         """What the algorithm computes once per rollout (e.g. GAE advantages)."""
         return None

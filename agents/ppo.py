@@ -26,9 +26,10 @@ class PPO(Learner):
     def targets(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         # A truncated episode bootstraps from the value of its last observed state (the
         # final observation's own value would need one more pass of the memory core).
+        terminated, truncated = self.episode_ends(rollout)
         return gae(
-            rollout.rewards, rollout.values, rollout.last_values, rollout.terminated,
-            rollout.truncated, rollout.values, self.config.gamma, self.config.gae_lambda,
+            rollout.rewards, rollout.values, rollout.last_values, terminated, truncated,
+            rollout.values, self.config.gamma, self.config.gae_lambda,
         )  # fmt: skip
 
     def losses(

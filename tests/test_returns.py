@@ -139,3 +139,20 @@ def test_on_policy_vtrace_is_the_n_step_return():
     advantages, _ = gae(rewards, values, last, no, no, torch.zeros_like(values), GAMMA, 1.0)
     assert torch.allclose(out.pg_advantages[0], rewards[0] + GAMMA * out.vs[1] - values[0])
     assert torch.allclose(out.vs - values, advantages)
+
+
+def test_time_outs_can_count_as_episode_ends():
+    from types import SimpleNamespace
+
+    from agents.learner import Learner
+
+    rollout = SimpleNamespace(
+        terminated=flags(False, True, False), truncated=flags(True, False, False)
+    )
+    learner = SimpleNamespace(config=SimpleNamespace(bootstrap_truncated=False))
+    terminated, truncated = Learner.episode_ends(learner, rollout)
+    assert terminated[:, 0].tolist() == [True, True, False] and not truncated.any()
+    learner.config.bootstrap_truncated = True
+    terminated, truncated = Learner.episode_ends(learner, rollout)
+    assert terminated[:, 0].tolist() == [False, True, False]
+    assert truncated[:, 0].tolist() == [True, False, False]
