@@ -236,7 +236,7 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
         #   wall for free); 0.99 makes idling cost and solved it;
         # - span lr x0.1 solved at 0.62M steps, then spans kept shrinking and success fell
         #   to 0.75; x0.01 kept spans near L_max and learnt nothing in 2M (expiry helps
-        #   find the cue); x0.03 first reached 0.99 at 1.9M, 0.998 at 2M, spans steady;
+        #   find the cue); x0.03 first reached 0.99 at 1.97M, 0.998 at 2M, spans steady;
         # - entropy 0.001 collapsed the policy, 0.01 did not;
         # - bootstrapping time-outs let agents idle: a time-out counts as a failure.
         # Initial spans must cover the walk to the junction (about length / p(forward)).
