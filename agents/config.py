@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import tyro
 
 import envs
 from policies.config import CONFIG_CLASSES, POLICY_KINDS
@@ -31,6 +33,21 @@ POLICY_FLAGS = (
 CONFIG_VERSION = 1
 
 
+# Flags whose unset value means "the task's preset" (or "off"), shown as such in --help.
+_PRESET = "(default: preset)"
+PresetInt = Annotated[int | None, tyro.conf.arg(metavar="INT", help_behavior_hint=_PRESET)]
+PresetFloat = Annotated[float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint=_PRESET)]
+PresetBool = Annotated[
+    bool | None, tyro.conf.arg(metavar="{True,False}", help_behavior_hint=_PRESET)
+]
+ThreadCount = Annotated[
+    int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: torch's choice)")
+]
+OptionalFloat = Annotated[
+    float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: off)")
+]
+
+
 class ConfigError(ValueError):
     """A user's setting that cannot work; the message names it and what is allowed."""
 
@@ -43,25 +60,25 @@ class Args:
     env: str = "corridor"
     """Task: corridor, portal, instruction, or a registered gymnasium id with a discrete action
     space and minigrid-style or flat-vector observations (e.g. MiniGrid-MemoryS13Random-v0)."""
-    length: int | None = None
+    length: PresetInt = None
     """Corridor: cells between the cue and the junction (preset 1000)."""
-    num_colors: int | None = None
+    num_colors: PresetInt = None
     """Corridor: number of cue colours, 2..6."""
-    num_rooms: int | None = None
+    num_rooms: PresetInt = None
     """Portal: rooms in the chain, 1..6."""
-    room_length: int | None = None
+    room_length: PresetInt = None
     """Portal: cells per room."""
-    size: int | None = None
+    size: PresetInt = None
     """Instruction: room side in free cells."""
-    num_objects: int | None = None
+    num_objects: PresetInt = None
     """Instruction: balls in the room, 2..6."""
-    delay_min: int | None = None
+    delay_min: PresetInt = None
     """Instruction: fewest steps between instructions."""
-    delay_max: int | None = None
+    delay_max: PresetInt = None
     """Instruction: most steps between instructions."""
-    view_size: int | None = None
+    view_size: PresetInt = None
     """Side of the agent's square view (odd)."""
-    max_steps: int | None = None
+    max_steps: PresetInt = None
     """Time limit of an episode (task default if unset)."""
 
     # --- the agent ---
@@ -69,66 +86,66 @@ class Args:
     """Memory core."""
     algo: Literal["ppo", "impala"] = "ppo"
     """Learner: PPO, or the IMPALA-style actor-critic with V-trace targets."""
-    d_model: int | None = None
+    d_model: PresetInt = None
     """Model width D."""
-    num_layers: int | None = None
+    num_layers: PresetInt = None
     """Layers of the memory core."""
-    num_heads: int | None = None
+    num_heads: PresetInt = None
     """Attention heads (transformer cores)."""
-    max_span: int | None = None
+    max_span: PresetInt = None
     """Expire-Span L_max (corridor preset: 3 x length + 16)."""
-    ramp_length: int | None = None
+    ramp_length: PresetInt = None
     """Expire-Span ramp R."""
-    span_init: float | None = None
+    span_init: PresetFloat = None
     """Expire-Span initial span as a fraction p of L_max."""
-    span_loss_coef: float | None = None
+    span_loss_coef: PresetFloat = None
     """Expire-Span span loss coefficient alpha."""
-    memory_size: int | None = None
+    memory_size: PresetInt = None
     """Transformer-XL window M."""
-    gating: bool | None = None
+    gating: PresetBool = None
     """GTrXL-style gating in the transformer blocks."""
-    forward_bias: float | None = None
+    forward_bias: PresetFloat = None
     """Initial logit bias of the 'forward' action (helps a fresh agent reach far rewards)."""
 
     # --- the learner ---
-    num_envs: int | None = None
+    num_envs: PresetInt = None
     """Parallel environments B."""
-    num_steps: int | None = None
+    num_steps: PresetInt = None
     """Rollout length T per update."""
-    total_steps: int | None = None
+    total_steps: PresetInt = None
     """Env steps to train for (all envs together)."""
-    learning_rate: float | None = None
+    learning_rate: PresetFloat = None
     """Adam learning rate (annealed linearly to 0 unless --no-anneal-lr)."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to 0 over the run."""
-    span_lr_scale: float | None = None
+    span_lr_scale: PresetFloat = None
     """Learning-rate multiplier of the span predictors."""
-    gamma: float | None = None
+    gamma: PresetFloat = None
     """Discount factor."""
-    gae_lambda: float | None = None
+    gae_lambda: PresetFloat = None
     """GAE lambda (PPO)."""
-    update_epochs: int | None = None
+    update_epochs: PresetInt = None
     """Passes over each rollout."""
-    num_minibatches: int | None = None
+    num_minibatches: PresetInt = None
     """Minibatches per epoch (whole env columns each)."""
-    chunk_length: int | None = None
+    chunk_length: PresetInt = None
     """Sequence chunk length inside a minibatch; each chunk starts from the memory state stored
     at its start during the rollout (must divide num_steps)."""
-    clip_coef: float | None = None
+    clip_coef: PresetFloat = None
     """PPO ratio clipping."""
-    ent_coef: float | None = None
+    ent_coef: PresetFloat = None
     """Entropy bonus coefficient."""
-    vf_coef: float | None = None
+    vf_coef: PresetFloat = None
     """Value loss coefficient."""
-    max_grad_norm: float | None = None
+    max_grad_norm: PresetFloat = None
     """Gradient clipping (global norm)."""
-    adv_std_floor: float | None = None
+    adv_std_floor: PresetFloat = None
     """PPO: advantages are divided by max(std, this) (avoids a blow-up once solved)."""
-    rho_clip: float | None = None
+    rho_clip: PresetFloat = None
     """IMPALA: V-trace rho-bar."""
-    c_clip: float | None = None
+    c_clip: PresetFloat = None
     """IMPALA: V-trace c-bar."""
-    bootstrap_truncated: bool | None = None
+    bootstrap_truncated: PresetBool = None
     """Bootstrap a time-limited episode from its value (True), or count the time-out as the
     episode's end with nothing more to come (False: the corridor preset, where a time-out is
     a failure and bootstrapping let agents idle at the junction)."""
@@ -142,16 +159,16 @@ class Args:
     """Run directory (default runs/<env>-<policy>-<algo>-s<seed>-<time>)."""
     resume: str | None = None
     """Resume the run in this directory from its latest checkpoint (other flags must agree)."""
-    log_interval: int | None = None
+    log_interval: PresetInt = None
     """Updates between metric rows."""
-    checkpoint_interval: int | None = None
+    checkpoint_interval: PresetInt = None
     """Updates between checkpoints."""
     keep_checkpoints: int = 3
     """Numbered checkpoints kept beside latest.pt."""
-    target_success: float | None = None
-    """Stop early once the windowed success rate reaches this (off by default)."""
-    threads: int | None = None
-    """CPU threads for torch (default: torch's choice)."""
+    target_success: OptionalFloat = None
+    """Stop early once the windowed success rate reaches this."""
+    threads: ThreadCount = None
+    """CPU threads for torch (1 is often fastest on a small shared machine)."""
 
 
 @dataclass
