@@ -75,7 +75,8 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "ckpt_00000009.pt").exists():
+    # Once ckpt 12 exists, latest.pt holds update 9 or later (it is written after each ckpt).
+    while not (killed / "checkpoints" / "ckpt_00000012.pt").exists():
         assert process.poll() is None and time.time() < deadline, "run ended before the kill"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
