@@ -322,7 +322,7 @@ def resolve_env(args: Args) -> tuple[str, dict[str, Any]]:
 
 def resolve_policy(args: Args, env_name: str, preset_policy: dict[str, Any]) -> dict[str, Any]:
     """The policy's settings: preset, then flags; flags foreign to the core are errors."""
-    fields = {f.name for f in dataclasses.fields(CONFIG_CLASSES[args.policy])}
+    fields = _fields(args.policy)
     kwargs = {k: v for k, v in preset_policy.items() if k in fields}
     for name in POLICY_FLAGS:
         value = getattr(args, name)

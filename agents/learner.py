@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from agents.config import LearnerConfig
-from agents.rollout import Rollout, chunked, unchunk
+from agents.rollout import Rollout, chunk_columns, chunked, unchunk
 from policies.policy import MemoryPolicy, PolicyOutput
 
 Tensor = torch.Tensor
@@ -29,18 +29,11 @@ class Replay:
         output, _ = policy(obs, state, starts)
         num_chunks = len(rollout.start_states)
         distribution = torch.distributions.Categorical(logits=output.logits)
-        actions = chunked_field(rollout.actions, rollout, columns)
+        actions = chunk_columns(rollout.actions, rollout, columns)
         self.log_probs = unchunk(distribution.log_prob(actions), num_chunks)  # [T, b]
         self.entropy = unchunk(distribution.entropy(), num_chunks)  # [T, b]
         self.values = unchunk(output.values, num_chunks)  # [T, b]
         self.output: PolicyOutput = output
-
-
-def chunked_field(tensor: Tensor, rollout: Rollout, columns: Tensor) -> Tensor:
-    """One [T, B] rollout field cut like ``chunked`` cuts the observations: [L, C·b]."""
-    length, num_chunks = rollout.chunk_length, len(rollout.start_states)
-    picked = tensor[:, columns].reshape(num_chunks, length, len(columns))  # [C, L, b]
-    return picked.transpose(0, 1).reshape(length, num_chunks * len(columns))
 
 
 class Learner(abc.ABC):

@@ -156,25 +156,28 @@ class Collector:
         self.state = State.from_state_dict(data["policy_state"]).to(self.device)
 
 
-def chunked(rollout: Rollout, columns: Tensor) -> tuple[dict[str, Tensor], Tensor, State]:
-    """The rollout's env ``columns`` cut into chunks laid side by side as extra columns.
+def chunk_columns(tensor: Tensor, rollout: Rollout, columns: Tensor) -> Tensor:
+    """One [T, B, ...] rollout field's env ``columns`` cut into chunks laid side by side.
 
-    Returns obs [L, C·b, ...], episode_starts [L, C·b] and the C chunks' start
-    states concatenated (chunk-major: column ``c·b + j`` is chunk c of env
-    ``columns[j]``), ready for one policy forward. ``unchunk`` undoes it.
+    [T, B, ...] -> [L, C·b, ...], chunk-major: column ``c·b + j`` is chunk c of env
+    ``columns[j]``. ``unchunk`` undoes it.
     """
-    length = rollout.chunk_length
-    num_chunks = len(rollout.start_states)
+    length, num_chunks = rollout.chunk_length, len(rollout.start_states)
+    picked = tensor[:, columns]  # [T, b, ...]
+    parts = picked.reshape(num_chunks, length, *picked.shape[1:])  # [C, L, b, ...]
+    parts = parts.transpose(0, 1)  # [L, C, b, ...]
+    return parts.reshape(length, num_chunks * len(columns), *picked.shape[2:])  # [L, C·b, ...]
 
-    def cut(tensor: Tensor) -> Tensor:
-        picked = tensor[:, columns]  # [T, b, ...]
-        parts = picked.reshape(num_chunks, length, *picked.shape[1:])  # [C, L, b, ...]
-        parts = parts.transpose(0, 1)  # [L, C, b, ...]
-        return parts.reshape(length, num_chunks * len(columns), *picked.shape[2:])  # [L, C·b, ...]
 
-    obs = {key: cut(value) for key, value in rollout.obs.items()}
+def chunked(rollout: Rollout, columns: Tensor) -> tuple[dict[str, Tensor], Tensor, State]:
+    """The rollout's env ``columns`` ready for one policy forward over all their chunks.
+
+    Returns obs [L, C·b, ...], episode_starts [L, C·b] (see :func:`chunk_columns`) and
+    the C chunks' start states concatenated in the same chunk-major order.
+    """
+    obs = {key: chunk_columns(value, rollout, columns) for key, value in rollout.obs.items()}
     state = State.cat([s[columns] for s in rollout.start_states])
-    return obs, cut(rollout.episode_starts), state
+    return obs, chunk_columns(rollout.episode_starts, rollout, columns), state
 
 
 def unchunk(tensor: Tensor, num_chunks: int) -> Tensor:
