@@ -95,9 +95,10 @@ class Collector:
         floats = torch.empty((3, steps, num_envs), device=self.device)
         actions = torch.empty((steps, num_envs), dtype=torch.long, device=self.device)
         start_states = []
+        self.state = self.state.fresh()  # caches made with the parameters before the update
         for t in range(steps):
             if t % self.chunk_length == 0:
-                start_states.append(self.state)  # states are values: no copy needed
+                start_states.append(self.state.fresh())  # states are values: no copy needed
             for key, value in self.obs.items():
                 obs_buffer[key][t] = value
             flags[0, t] = self.episode_starts
@@ -138,7 +139,7 @@ class Collector:
             "env": self.env.state_dict(),
             "obs": self.obs,
             "episode_starts": self.episode_starts,
-            "policy_state": self.state.state_dict(),
+            "policy_state": self.state.fresh().state_dict(),
             "stats": self.stats.sums,
         }
 

@@ -43,7 +43,8 @@ are marked empty at once; every ``compact_interval`` appended steps the buffer i
 to the largest live count over the envs (rounded up), so envs with different numbers of live
 memories share one dense tensor. Live memories per env are about e + R, so memory and
 compute follow the spans, not L_max. Spans, keys and values are recomputed from the cached
-h_i with the current parameters at every forward (LESSONS trap 8); a memory dropped under
+h_i with the current parameters at every forward with autograd (LESSONS trap 8; without
+autograd they are cached too, see `policies.transformer`); a memory dropped under
 older parameters stays dropped (a learner replaying a rollout starts each chunk from the
 state stored during the rollout, so its first epoch sees exactly the rollout's memories).
 """
@@ -115,11 +116,16 @@ class ExpireSpanCore(TransformerCore):
             return torch.rand((), device=x.device, dtype=x.dtype) * self.max_span
         return None
 
+    def key_features(self, layer: int, hidden: Tensor) -> Tensor:
+        """Keys, values and, last, the span e of each key: [B, N, D] -> [B, N, 2·D + 1]."""
+        spans = self.span_predictors[layer](hidden)  # [B, N]
+        return torch.cat([super().key_features(layer, hidden), spans[..., None]], dim=-1)
+
     def memory_mask(
-        self, layer: int, keys_hidden: Tensor, keys: KeyLayout, span_limit: Tensor | None
+        self, layer: int, features: Tensor, keys: KeyLayout, span_limit: Tensor | None
     ) -> LayerMask:
         num_steps = keys.distance.shape[1]
-        spans = self.span_predictors[layer](keys_hidden)  # [B, N]
+        spans = features[..., -1]  # [B, N]
         mask_spans = spans if span_limit is None else torch.minimum(spans, span_limit)
         mask = expire_span_mask(mask_spans[:, None, :], keys.distance, self.ramp_length)
         attended = keys.visible & (mask > 0)  # [B, T, N]

@@ -10,6 +10,11 @@ snapshotting, moving and checkpointing work the same whatever core made the stat
   ``memory_age_{l}`` [B, M_l] (steps from the memory to the next step), ``memory_valid_{l}``
   [B, M_l] (slot holds a memory). A zero-padded slot is empty (``valid`` false), which is
   what lets `State.cat` pad states of different widths.
+- Tensors named ``derived_*`` are caches computed from the others with the parameters of the
+  policy that made them (a transformer core's per-memory keys, values and spans, carried
+  while the policy steps without autograd). They are only valid while those parameters are
+  unchanged: `fresh` drops them, and the policy recomputes them when they are missing. A
+  learner must call `fresh` on a state kept across a parameter update.
 
 A state records the policy kind that made it, so a policy refuses a foreign one.
 """
@@ -23,6 +28,9 @@ import torch
 
 Tensor = torch.Tensor
 Columns = int | slice | Sequence[int] | Tensor
+
+DERIVED_PREFIX = "derived_"
+"""Name prefix of the state tensors that are caches of the others (see `State.fresh`)."""
 
 
 class State:
@@ -73,6 +81,12 @@ class State:
     def select(self, columns: Columns) -> State:
         """Same as ``state[columns]``."""
         return self[columns]
+
+    def fresh(self) -> State:
+        """This state without its ``derived_*`` caches: what to carry across a change of the
+        policy's parameters (the policy recomputes the caches from the rest)."""
+        kept = {n: t for n, t in self.tensors.items() if not n.startswith(DERIVED_PREFIX)}
+        return State(self.kind, kept)
 
     def to(self, device: torch.device | str) -> State:
         return State(self.kind, {name: t.to(device) for name, t in self.tensors.items()})

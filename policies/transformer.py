@@ -6,10 +6,15 @@ N = M + T keys, D model dim, H heads, Dh = D / H head dim, L layers.
 Blocks. Every block is a pre-norm residual block (attention, then feed-forward; optional
 GTrXL GRU gates in place of the residual additions). Its queries are the T steps of the
 chunk; its keys are the N = M + T *layer inputs* of the cached memories and of the chunk.
-The cache holds detached layer inputs, not keys and values: keys, values (and Expire-Span's
-spans) are recomputed with the current parameters at every forward, so a cache filled during
-a rollout is never stale when the learner replays it after a parameter update (LESSONS,
-trap 8). Gradients flow through the T current keys, not into the cache.
+The cache holds detached layer inputs. Every forward with autograd (the learner's) recomputes
+the keys, values (and Expire-Span's spans) of the cached memories with the current
+parameters, so a cache filled during a rollout is never stale when the learner replays it
+after a parameter update (LESSONS, trap 8); gradients reach the parameters through them but
+never the cached inputs. A forward without autograd (rollouts, evaluation: the parameters
+cannot change from one step to the next) also carries these key features in the state, as
+``derived_features_{l}`` [B, M_l, 2·D + E], and computes them only for the new steps: a
+streamed step then costs O(M·D) instead of O(M·D²). `policies.State.fresh` drops them; the
+collector does so at the start of every rollout, so they never outlive an update.
 
 Masks and positions. Positions are counted from the chunk's first step: step t of the chunk
 is at position t, a cached memory of age a (steps from it to the chunk's first step) at -a.
@@ -49,6 +54,7 @@ from torch import nn
 
 from policies.config import TransformerConfig
 from policies.core import CoreOutput, MemoryCore
+from policies.state import DERIVED_PREFIX
 
 Tensor = torch.Tensor
 
@@ -155,24 +161,28 @@ class MemoryBlock(nn.Module):
         self.gate_attn = GRUGate(d_model, config.gate_bias) if config.gating else None
         self.gate_ff = GRUGate(d_model, config.gate_bias) if config.gating else None
 
+    def key_values(self, hidden: Tensor) -> Tensor:
+        """Keys and values [B, N, 2·D] of layer inputs ``hidden`` [B, N, D]."""
+        return self.key_value(self.norm_attn(hidden))
+
     def forward(
-        self, keys_hidden: Tensor, log_mask: Tensor, distance: Tensor, bucket_of_distance: Tensor
+        self, x: Tensor, key_value: Tensor, log_mask: Tensor, distance: Tensor,
+        bucket_of_distance: Tensor,
     ) -> Tensor:
-        """``keys_hidden`` [B, N, D] (the last T are the queries' own inputs), ``log_mask``
+        """``x`` [B, T, D] the queries' own layer inputs, ``key_value`` [B, N, 2·D] keys and
+        values of the N keys (see `key_values`; the last T are the queries' own), ``log_mask``
         [B, T, N], ``distance`` [B, T, N] clamped to [0, max distance], ``bucket_of_distance``
         the position bucket of each distance -> [B, T, D].
 
         Attention runs head-major ([H·B, T, N]) so that the position bias is one contiguous
         gather whose backward is a cheap index_add into the small bias table."""
-        batch, num_keys, d_model = keys_hidden.shape
-        num_steps = log_mask.shape[1]
+        batch, num_steps, d_model = x.shape
+        num_keys = key_value.shape[1]
         heads, head_dim = self.num_heads, d_model // self.num_heads
-        x = keys_hidden[:, -num_steps:]  # [B, T, D]
-        normed = self.norm_attn(keys_hidden)
-        query = self.query(normed[:, -num_steps:]) / math.sqrt(head_dim)
+        query = self.query(self.norm_attn(x)) / math.sqrt(head_dim)
         query = query.view(batch, num_steps, heads, head_dim).permute(2, 0, 1, 3)  # [H, B, T, Dh]
         query = query.reshape(heads * batch, num_steps, head_dim)
-        key_value = self.key_value(normed).view(batch, num_keys, 2, heads, head_dim)
+        key_value = key_value.view(batch, num_keys, 2, heads, head_dim)
         key_value = key_value.permute(2, 3, 0, 1, 4)  # [B, N, 2, H, Dh] -> [2, H, B, N, Dh]
         key = key_value[0].reshape(heads * batch, num_keys, head_dim)
         value = key_value[1].reshape(heads * batch, num_keys, head_dim)
@@ -193,28 +203,33 @@ class MemoryBlock(nn.Module):
 
 
 def update_slot_buffer(
-    keys_hidden: Tensor, keys: KeyLayout, keep: Tensor, old_width: int, compact_interval: int,
+    slots: list[Tensor], keys: KeyLayout, keep: Tensor, old_width: int, compact_interval: int,
     compact: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The layer's cache for the next step: (memory [B, M', D], age [B, M'], valid [B, M'])."""
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """The layer's cache for the next step: (per-slot tensors [B, M', ...] in the order of
+    ``slots`` (each [B, N, ...], detached), age [B, M'], valid [B, M'])."""
     num_steps = keys.distance.shape[1]
-    hidden = keys_hidden.detach()
+    slots = [tensor.detach() for tensor in slots]
     age = num_steps - keys.position  # [B, N] steps from each key to the next step
-    width = hidden.shape[1]
+    width = age.shape[1]
     if not compact or width // compact_interval == old_width // compact_interval:
-        return hidden, age, keep
+        return slots, age, keep
     live = int(keep.sum(dim=1).max())  # the one host synchronisation
     new_width = -(-live // compact_interval) * compact_interval
     order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # live first, oldest first
     take = order[:, : min(new_width, width)]  # [B, M']
-    hidden = hidden.gather(1, take[..., None].expand(-1, -1, hidden.shape[2]))
+    slots = [t.gather(1, take[..., None].expand(-1, -1, t.shape[2])) for t in slots]
     age, keep = age.gather(1, take), keep.gather(1, take)
     if new_width > width:
-        pad = new_width - width
-        hidden = torch.cat([hidden, hidden.new_zeros(hidden.shape[0], pad, hidden.shape[2])], 1)
-        age = torch.cat([age, age.new_zeros(age.shape[0], pad)], dim=1)
-        keep = torch.cat([keep, keep.new_zeros(keep.shape[0], pad)], dim=1)
-    return hidden, age, keep
+        slots = [_pad_slots(t, new_width) for t in slots]
+        age, keep = _pad_slots(age, new_width), _pad_slots(keep, new_width)
+    return slots, age, keep
+
+
+def _pad_slots(tensor: Tensor, width: int) -> Tensor:
+    """``tensor`` [B, M, ...] padded with zeros (empty slots) to [B, width, ...]."""
+    padding = tensor.new_zeros((tensor.shape[0], width - tensor.shape[1], *tensor.shape[2:]))
+    return torch.cat([tensor, padding], dim=1)
 
 
 class TransformerCore(MemoryCore):
@@ -234,11 +249,19 @@ class TransformerCore(MemoryCore):
         self.blocks = nn.ModuleList(MemoryBlock(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.d_model)
 
+    def key_features(self, layer: int, hidden: Tensor) -> Tensor:
+        """What layer ``layer`` needs of each key, computed from its layer input alone:
+        [B, N, D] -> [B, N, 2·D + E], keys and values, then E core-specific features (see
+        `memory_mask`). Row by row, so a memory's features can be cached while the
+        parameters stay the same."""
+        return self.blocks[layer].key_values(hidden)
+
     @abc.abstractmethod
     def memory_mask(
-        self, layer: int, keys_hidden: Tensor, keys: KeyLayout, context: Any
+        self, layer: int, features: Tensor, keys: KeyLayout, context: Any
     ) -> LayerMask:
-        """The attention mask and the survivors of layer ``layer``."""
+        """The attention mask and the survivors of layer ``layer``, given the keys'
+        `key_features` [B, N, 2·D + E]."""
 
     def forward_context(self, x: Tensor) -> Any:
         """Anything drawn once per forward and shared by the layers (e.g. span shortening)."""
@@ -264,25 +287,38 @@ class TransformerCore(MemoryCore):
         episode_start = last_episode_start(episode_starts)  # [B, T]
         context = self.forward_context(x)
         new_state, alive, spans, aux_loss = {}, [], [], x.new_zeros(())
+        # Without autograd (rollouts, evaluation) the parameters cannot change between steps,
+        # so the cached memories' key features are carried in the state instead of being
+        # recomputed every step; with autograd they are always recomputed (LESSONS, trap 8).
+        reuse = not torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
             memory = state[f"memory_{layer}"]
             keys = key_layout(state[f"memory_age_{layer}"], state[f"memory_valid_{layer}"],
                               episode_start)
             keys_hidden = torch.cat([memory, h], dim=1)  # [B, M + T, D]
-            mask = self.memory_mask(layer, keys_hidden, keys, context)
+            cached = state.get(f"{DERIVED_PREFIX}features_{layer}") if reuse else None
+            if cached is None:
+                features = self.key_features(layer, keys_hidden)  # [B, M + T, F]
+            else:
+                features = torch.cat([cached, self.key_features(layer, h)], dim=1)
+            mask = self.memory_mask(layer, features, keys, context)
             distance = keys.distance.clamp(0, self.max_distance)  # the last bucket beyond
             same_episode = keys.valid & (keys.position >= episode_start[:, -1:])
             alive_next = same_episode & mask.alive_next  # [B, N]
             keep = alive_next if self.prune else same_episode
-            cache = update_slot_buffer(keys_hidden, keys, keep, memory.shape[1],
-                                       self.compact_interval, compact=self.prune)
-            new_state[f"memory_{layer}"], new_state[f"memory_age_{layer}"] = cache[:2]
-            new_state[f"memory_valid_{layer}"] = cache[2]
+            slots = [keys_hidden, features] if reuse else [keys_hidden]
+            slots, age, valid = update_slot_buffer(slots, keys, keep, memory.shape[1],
+                                                   self.compact_interval, compact=self.prune)
+            new_state[f"memory_{layer}"] = slots[0]
+            new_state[f"memory_age_{layer}"], new_state[f"memory_valid_{layer}"] = age, valid
+            if reuse:
+                new_state[f"{DERIVED_PREFIX}features_{layer}"] = slots[1]
             alive.append(alive_next.sum(dim=1).to(x.dtype))
             if mask.spans is not None:
                 spans.append(mask.spans)
             aux_loss = aux_loss + mask.loss
-            h = block(keys_hidden, mask.log_mask, distance, self.bucket_of_distance)
+            h = block(h, features[..., : 2 * self.d_model], mask.log_mask, distance,
+                      self.bucket_of_distance)
         features = self.final_norm(h).transpose(0, 1)  # [B, T, D] -> [T, B, D]
         steps, batch = episode_starts.shape
         spans_out = (torch.stack(spans, dim=-1).transpose(0, 1) if spans  # [B, T, L] -> [T, B, L]

@@ -29,11 +29,11 @@ class TransformerXLCore(TransformerCore):
         self.memory_size = config.memory_size
 
     def memory_mask(
-        self, layer: int, keys_hidden: Tensor, keys: KeyLayout, context: Any
+        self, layer: int, features: Tensor, keys: KeyLayout, context: Any
     ) -> LayerMask:
         num_steps = keys.distance.shape[1]
         attended = keys.visible & (keys.distance <= self.memory_size)  # [B, T, N]
-        log_mask = torch.zeros(attended.shape, dtype=keys_hidden.dtype, device=attended.device)
+        log_mask = torch.zeros(attended.shape, dtype=features.dtype, device=attended.device)
         log_mask = log_mask.masked_fill(~attended, -math.inf)
         alive_next = num_steps - keys.position <= self.memory_size  # [B, N]
-        return LayerMask(log_mask, alive_next, None, keys_hidden.new_zeros(()))
+        return LayerMask(log_mask, alive_next, None, features.new_zeros(()))

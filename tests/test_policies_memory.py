@@ -36,6 +36,46 @@ def test_one_call_equals_streaming_and_any_chunking(kind: str, overrides: dict) 
 
 
 @pytest.mark.parametrize(("kind", "overrides"), VARIANTS, ids=IDS)
+def test_streaming_without_autograd_reuses_cached_keys_exactly(kind: str, overrides: dict) -> None:
+    """Without autograd the transformer cores carry their memories' keys, values and spans
+    in the state (``derived_*``) instead of recomputing them: the outputs are the same."""
+    policy = build(kind, **overrides)
+    generator = torch.Generator().manual_seed(12)
+    obs = random_obs(NUM_STEPS, NUM_ENVS, generator)
+    starts = random_starts(NUM_STEPS, NUM_ENVS, generator)
+    initial = policy.initial_state(NUM_ENVS)
+    logits, values, _ = run_chunks(policy, obs, starts, initial, [NUM_STEPS])
+    with torch.no_grad():
+        stream_logits, stream_values, state = run_chunks(policy, obs, starts, initial,
+                                                         [1] * NUM_STEPS)
+    torch.testing.assert_close(stream_logits, logits, **TOLERANCE)
+    torch.testing.assert_close(stream_values, values, **TOLERANCE)
+    derived = [name for name in state.tensors if name.startswith("derived_")]
+    assert bool(derived) == (kind != "lstm")
+    assert not any(name.startswith("derived_") for name in state.fresh().tensors)
+
+
+@pytest.mark.parametrize("kind", ["expire_span", "trxl"])
+def test_fresh_state_recomputes_caches_after_a_parameter_change(kind: str) -> None:
+    policy = build(kind)
+    generator = torch.Generator().manual_seed(13)
+    obs = random_obs(NUM_STEPS, NUM_ENVS, generator)
+    starts = random_starts(NUM_STEPS, NUM_ENVS, generator, prob=0.0)
+    half = NUM_STEPS // 2
+    with torch.no_grad():
+        _, _, state = run_chunks(policy, take(obs, slice(0, half)), starts[:half],
+                                 policy.initial_state(NUM_ENVS), [1] * half)
+        for param in policy.parameters():  # a learner's update
+            param.add_(0.05)
+        rest = take(obs, slice(half, None))
+        fresh, _, _ = run_chunks(policy, rest, starts[half:], state.fresh(), [1] * half)
+        stale, _, _ = run_chunks(policy, rest, starts[half:], state, [1] * half)
+    expected, _, _ = run_chunks(policy, rest, starts[half:], state.fresh(), [half])  # autograd
+    torch.testing.assert_close(fresh, expected, **TOLERANCE)
+    assert not torch.allclose(stale, expected)  # what `fresh` is there for
+
+
+@pytest.mark.parametrize(("kind", "overrides"), VARIANTS, ids=IDS)
 def test_nothing_before_an_episode_start_is_seen(kind: str, overrides: dict) -> None:
     policy = build(kind, **overrides)
     generator = torch.Generator().manual_seed(11)
