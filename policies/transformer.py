@@ -174,26 +174,23 @@ class MemoryBlock(nn.Module):
         [B, T, N], ``distance`` [B, T, N] clamped to [0, max distance], ``bucket_of_distance``
         the position bucket of each distance -> [B, T, D].
 
-        Attention runs head-major ([H·B, T, N]) so that the position bias is one contiguous
-        gather whose backward is a cheap index_add into the small bias table."""
+        Attention runs one head at a time on strided views of ``key_value``, so the N keys and
+        values (the bulk of the work when many memories are alive) are never copied."""
         batch, num_steps, d_model = x.shape
         num_keys = key_value.shape[1]
         heads, head_dim = self.num_heads, d_model // self.num_heads
-        query = self.query(self.norm_attn(x)) / math.sqrt(head_dim)
-        query = query.view(batch, num_steps, heads, head_dim).permute(2, 0, 1, 3)  # [H, B, T, Dh]
-        query = query.reshape(heads * batch, num_steps, head_dim)
-        key_value = key_value.view(batch, num_keys, 2, heads, head_dim)
-        key_value = key_value.permute(2, 3, 0, 1, 4)  # [B, N, 2, H, Dh] -> [2, H, B, N, Dh]
-        key = key_value[0].reshape(heads * batch, num_keys, head_dim)
-        value = key_value[1].reshape(heads * batch, num_keys, head_dim)
+        query = self.query(self.norm_attn(x)) / math.sqrt(head_dim)  # [B, T, D]
         bias_of_distance = self.position_bias[:, bucket_of_distance]  # [H, max distance + 1]
         position = bias_of_distance.index_select(1, distance.reshape(-1))  # [H, B·T·N]
         bias = position.view(heads, batch, num_steps, num_keys) + log_mask  # [H, B, T, N]
-        logits = torch.baddbmm(bias.view(heads * batch, num_steps, num_keys), query,
-                               key.transpose(1, 2))  # [H·B, T, N]
-        weights = torch.softmax(logits, dim=-1)
-        attended = torch.bmm(weights, value).view(heads, batch, num_steps, head_dim)
-        attended = attended.permute(1, 2, 0, 3).reshape(batch, num_steps, d_model)  # [B, T, D]
+        attended = []
+        for head in range(heads):
+            part = slice(head * head_dim, (head + 1) * head_dim)
+            key = key_value[..., part]  # [B, N, Dh]
+            value = key_value[..., d_model + head * head_dim : d_model + (head + 1) * head_dim]
+            logits = torch.baddbmm(bias[head], query[..., part], key.transpose(1, 2))  # [B, T, N]
+            attended.append(torch.bmm(torch.softmax(logits, dim=-1), value))  # [B, T, Dh]
+        attended = torch.cat(attended, dim=-1)  # [B, T, D]
         x = self._residual(x, self.out(attended), self.gate_attn)
         return self._residual(x, self.ff(self.norm_ff(x)), self.gate_ff)
 
@@ -209,7 +206,7 @@ def update_slot_buffer(
     """The layer's cache for the next step: (per-slot tensors [B, M', ...] in the order of
     ``slots`` (each [B, N, ...], detached), age [B, M'], valid [B, M'])."""
     num_steps = keys.distance.shape[1]
-    slots = [tensor.detach() for tensor in slots]
+    slots = [tensor.detach() if tensor.requires_grad else tensor for tensor in slots]
     age = num_steps - keys.position  # [B, N] steps from each key to the next step
     width = age.shape[1]
     if not compact or width // compact_interval == old_width // compact_interval:
@@ -224,6 +221,31 @@ def update_slot_buffer(
         slots = [_pad_slots(t, new_width) for t in slots]
         age, keep = _pad_slots(age, new_width), _pad_slots(keep, new_width)
     return slots, age, keep
+
+
+def append_slots(buffer: Tensor, new: Tensor, spare: int) -> Tensor:
+    """``buffer`` [B, M, ...] followed by ``new`` [B, T, ...] along dim 1, for streaming.
+
+    A buffer made here is a view of a wider allocation; the next call writes into the spare
+    slots in place instead of copying all M memories, as long as ``buffer`` is still the
+    latest view of that allocation (it "claims" the slots up to its width). Any other view
+    of it (a snapshot taken earlier, a second branch stepped from the same state) gets a
+    copy, so states stay values. Only for tensors outside autograd."""
+    width, steps = buffer.shape[1], new.shape[1]
+    base = buffer._base
+    if (
+        base is not None
+        and getattr(base, "claimed_width", None) == width
+        and base.shape[1] >= width + steps
+        and buffer.data_ptr() == base.data_ptr()
+    ):
+        base[:, width : width + steps] = new
+    else:
+        base = buffer.new_empty((buffer.shape[0], width + steps + spare, *buffer.shape[2:]))
+        base[:, :width] = buffer
+        base[:, width : width + steps] = new
+    base.claimed_width = width + steps
+    return base[:, : width + steps]
 
 
 def _pad_slots(tensor: Tensor, width: int) -> Tensor:
@@ -295,12 +317,14 @@ class TransformerCore(MemoryCore):
             memory = state[f"memory_{layer}"]
             keys = key_layout(state[f"memory_age_{layer}"], state[f"memory_valid_{layer}"],
                               episode_start)
-            keys_hidden = torch.cat([memory, h], dim=1)  # [B, M + T, D]
             cached = state.get(f"{DERIVED_PREFIX}features_{layer}") if reuse else None
             if cached is None:
+                keys_hidden = torch.cat([memory, h], dim=1)  # [B, M + T, D]
                 features = self.key_features(layer, keys_hidden)  # [B, M + T, F]
-            else:
-                features = torch.cat([cached, self.key_features(layer, h)], dim=1)
+            else:  # append in place: at most 2·I steps between compactions
+                spare = 2 * self.compact_interval
+                keys_hidden = append_slots(memory, h, spare)
+                features = append_slots(cached, self.key_features(layer, h), spare)
             mask = self.memory_mask(layer, features, keys, context)
             distance = keys.distance.clamp(0, self.max_distance)  # the last bucket beyond
             same_episode = keys.valid & (keys.position >= episode_start[:, -1:])
