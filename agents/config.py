@@ -22,7 +22,7 @@ from policies.config import CONFIG_CLASSES, POLICY_KINDS
 
 ALGOS = ("ppo", "impala")
 TASK_FLAGS = {
-    "corridor": ("length", "num_colors", "view_size", "max_steps"),
+    "corridor": ("length", "num_colors", "view_size", "max_steps", "min_length"),
     "portal": ("num_rooms", "room_length", "view_size", "max_steps"),
     "instruction": ("size", "num_objects", "delay_min", "delay_max", "view_size", "max_steps"),
 }
@@ -64,6 +64,10 @@ class Args:
     """Corridor: cells between the cue and the junction (preset 1000)."""
     num_colors: PresetInt = None
     """Corridor: number of cue colours, 2..6."""
+    min_length: PresetInt = None
+    """Corridor: train on a random-length corridor, each episode's length drawn log-uniformly
+    from [min_length, length] (evaluation is at the full length); unset: every episode has
+    the full length."""
     num_rooms: PresetInt = None
     """Portal: rooms in the chain, 1..6."""
     room_length: PresetInt = None

@@ -329,6 +329,8 @@ def resolve_task(config: TrainConfig, overrides: dict[str, Any]) -> dict[str, An
         except ValueError:
             pass
     kwargs.update(overrides)
+    if "min_length" in kwargs and "min_length" not in overrides:
+        kwargs["min_length"] = kwargs["length"]  # a random-length run is evaluated at full length
     try:
         task = task_class(**kwargs)
     except ValueError as error:

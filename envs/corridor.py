@@ -7,6 +7,7 @@ Shape legend: B num_envs, V view size.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -51,6 +52,7 @@ class CorridorConfig:
         num_colors: int = 2,
         view_size: int = 3,
         max_steps: int | None = None,
+        min_length: int | None = None,
     ):
         self.length = check_int("length", length, 1)
         self.num_colors = check_int("num_colors", num_colors, 2, NUM_COLORS)
@@ -61,6 +63,23 @@ class CorridorConfig:
         self.max_steps = check_int(
             "max_steps", default if max_steps is None else max_steps, self.length + 1
         )
+        # A random-length corridor: each episode's length is drawn log-uniformly from
+        # [min_length, length] (the time limit stays that of the longest). min_length is at
+        # least the view size, so that no window shows both the cue and the junction.
+        if min_length is None:
+            min_length = self.length
+        low = min(self.view_size, self.length)
+        self.min_length = check_int("min_length", min_length, low, self.length)
+
+    def draw_lengths(self, uniforms: Any) -> Any:
+        """Episode lengths for uniforms in [0, 1) (a tensor or a float): log-uniform over
+        [min_length, length], every integer length from the bucket it rounds down from."""
+        low, high = math.log(self.min_length), math.log(self.length + 1)
+        if isinstance(uniforms, torch.Tensor):
+            lengths = torch.exp(low + uniforms * (high - low)).long()
+            return lengths.clamp(self.min_length, self.length)
+        return min(max(int(math.exp(low + uniforms * (high - low))), self.min_length),
+                   self.length)  # fmt: skip
 
     def check_layout(self, layout: dict[str, Any]) -> dict[str, int]:
         """Validate a layout from :meth:`BatchedCorridor.layout` against this config."""
@@ -70,10 +89,12 @@ class CorridorConfig:
             raise ValueError(
                 f"corridor layout needs integer length, cue, top, bottom: {error}"
             ) from None
-        if values["length"] != self.length:
-            raise ValueError(
-                f"layout length {values['length']} does not match the env's length {self.length}"
+        if not self.min_length <= values["length"] <= self.length:
+            allowed = (
+                f"the env's length {self.length}" if self.min_length == self.length
+                else f"the env's range [{self.min_length}, {self.length}]"
             )
+            raise ValueError(f"layout length {values['length']} does not match {allowed}")
         cue, top, bottom = values["cue"], values["top"], values["bottom"]
         in_range = all(0 <= c < self.num_colors for c in (cue, top, bottom))
         if not in_range or top == bottom or cue not in (top, bottom):
@@ -132,8 +153,14 @@ class BatchedCorridor(BatchedEnv):
         draws = torch.rand(count, generator=self.generator, device=self.device)
         kinds = len(self.kind_keys)
         kind = (draws * kinds).long().clamp_max(kinds - 1)
+        if self.config.min_length < self.length:  # only then: fixed lengths keep their stream
+            uniforms = torch.rand(count, generator=self.generator, device=self.device)
+            episode_length = self.config.draw_lengths(uniforms)
+        else:
+            episode_length = torch.full_like(kind, self.length)
         return {
             "position": torch.zeros_like(kind),
+            "episode_length": episode_length,
             "color_key": self.kind_keys[kind],
             "table_base": self.kind_keys[kind] * (len(self.boundaries) + 1),
             "right_turn": self.kind_turns[kind],
@@ -153,9 +180,10 @@ class BatchedCorridor(BatchedEnv):
         return self.color_key % self.config.num_colors
 
     def _apply(self, actions: Tensor) -> tuple[Tensor, Tensor]:
-        terminated = (self.position == self.length) & (actions != FORWARD)
+        terminated = (self.position == self.episode_length) & (actions != FORWARD)
         self.position += actions == FORWARD
-        self.position.clamp_max_(self.length)  # forward at the junction bumps into the wall
+        # Forward at the junction bumps into the wall.
+        self.position = torch.minimum(self.position, self.episode_length)
         self.success = terminated & (actions == self.right_turn)
         self.actions, self.terminated = actions, terminated
         return self.success.float(), terminated
@@ -184,8 +212,12 @@ class BatchedCorridor(BatchedEnv):
         return self._render(position, cue, top, bottom)
 
     def _observe(self) -> Obs:
-        # Look the window up by (colours, position bucket): the agent heads east.
-        bucket = torch.bucketize(self.position, self.boundaries, right=True)
+        # Look the window up by (colours, position bucket): the agent heads east. A shorter
+        # episode's windows near its junction are those of the full length's (the position
+        # is counted back from the junction there); elsewhere they are the same anyway.
+        to_go = self.episode_length - self.position
+        position = torch.where(to_go <= self.view_size // 2, self.length - to_go, self.position)
+        bucket = torch.bucketize(position, self.boundaries, right=True)
         return {"image": self.table.index_select(0, self.table_base + bucket)}
 
     def _final_observe(self) -> Obs:
@@ -202,7 +234,7 @@ class BatchedCorridor(BatchedEnv):
 
     def layout(self, index: int) -> dict[str, Any]:
         return {
-            "length": self.length,
+            "length": int(self.episode_length[index]),
             "cue": int(self.cue[index]),
             "top": int(self.top[index]),
             "bottom": int(self.bottom[index]),
@@ -210,7 +242,7 @@ class BatchedCorridor(BatchedEnv):
 
     def oracle_actions(self) -> Tensor:
         """Forward to the junction, then into the arm whose object has the cue's colour."""
-        return torch.where(self.position == self.length, self.right_turn, FORWARD)
+        return torch.where(self.position == self.episode_length, self.right_turn, FORWARD)
 
 
 class CorridorEnv(ReferenceEnv):
@@ -247,6 +279,14 @@ class CorridorEnv(ReferenceEnv):
     ``length`` steps away. Oracle: success 1.0. Memoryless bound: 1/2 (at the
     junction the observation is the same whichever ball matches).
 
+    ## Random lengths
+    With ``min_length`` below ``length``, every episode draws its own length
+    log-uniformly from ``[min_length, length]`` (the layout's ``length``); the
+    time limit stays that of ``length``. A training option: shorter episodes
+    teach the agent to use the cue sooner, at less memory per step, and the
+    same option is open to every policy. ``min_length`` must be at least
+    ``view_size``, so that no window shows both the cue and the junction.
+
     ## Registered configurations
     ``ExpireRL/Corridor-v0`` (``length=1000, num_colors=2, view_size=3``);
     every parameter can be passed to ``gymnasium.make``.
@@ -260,10 +300,11 @@ class CorridorEnv(ReferenceEnv):
         num_colors: int = 2,
         view_size: int = 3,
         max_steps: int | None = None,
+        min_length: int | None = None,
         render_mode: str | None = None,
         **render_kwargs: Any,
     ):
-        self.config = CorridorConfig(length, num_colors, view_size, max_steps)
+        self.config = CorridorConfig(length, num_colors, view_size, max_steps, min_length)
         super().__init__(
             width=self.config.length + 3,
             height=SEGMENT_HEIGHT,
@@ -278,17 +319,22 @@ class CorridorEnv(ReferenceEnv):
         num_colors = self.config.num_colors
         cue, other = (int(c) for c in self.np_random.choice(num_colors, 2, replace=False))
         top, bottom = (cue, other) if self.np_random.integers(2) == 0 else (other, cue)
-        return {"length": self.config.length, "cue": cue, "top": top, "bottom": bottom}
+        length = self.config.length
+        if self.config.min_length < length:
+            length = self.config.draw_lengths(float(self.np_random.random()))
+        return {"length": length, "cue": cue, "top": top, "bottom": bottom}
 
     def _build(self, layout: dict[str, Any]) -> None:
         values = self.config.check_layout(layout)
         self.cue, self.top, self.bottom = values["cue"], values["top"], values["bottom"]
         self.success = False
+        self.length = values["length"]
+        self.width = self.length + 3  # beyond a shorter corridor's end wall: unseen, as batched
         self.grid = self.grid.__class__(self.width, self.height)
         build_segment(
             self.grid,
             0,
-            self.config.length,
+            self.length,
             Wall(),
             Ball(COLOR_NAMES[self.top]),
             Ball(COLOR_NAMES[self.bottom]),
@@ -299,7 +345,7 @@ class CorridorEnv(ReferenceEnv):
 
     def _apply(self, action: int) -> tuple[float, bool]:
         x, y = self.agent_pos
-        junction = self.config.length + 1
+        junction = self.length + 1
         if x == junction and action in (LEFT, RIGHT):
             chosen = self.top if action == LEFT else self.bottom
             self.agent_dir = NORTH if action == LEFT else SOUTH

@@ -10,6 +10,8 @@ import envs
 SMALL = {
     "corridor": {"length": 6, "num_colors": 3, "view_size": 3},
     "corridor_wide_view": {"length": 3, "num_colors": 6, "view_size": 7, "max_steps": 16},
+    "corridor_random_length": {"length": 12, "min_length": 3, "num_colors": 2, "max_steps": 40},
+    "corridor_random_wide_view": {"length": 9, "min_length": 5, "view_size": 5, "max_steps": 30},
     "portal": {"num_rooms": 3, "room_length": 2, "max_steps": 40},
     "portal_wide_view": {"num_rooms": 2, "room_length": 4, "max_steps": 30, "view_size": 7},
     "instruction": {

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import pytest
 import torch
 
 import envs
@@ -134,3 +135,43 @@ def test_instruction_memoryless_policy_is_near_one_in_num_objects():
     info = run_until_done(benv, camp_at_first_ball, benv.max_steps)
     rate = info["instructions_carried"].sum() / info["instructions_resolved"].sum()
     assert abs(float(rate) - 0.25) < 0.04, rate
+
+
+def test_random_length_corridor_draws_log_uniform_lengths_and_the_oracle_solves_them():
+    env = envs.make_batched("corridor", 4000, seed=3, length=1000, min_length=10)
+    env.reset(seed=3)
+    lengths = env.episode_length.float()
+    assert int(lengths.min()) >= 10 and int(lengths.max()) <= 1000
+    # Log-uniform over [10, 1000]: a third of the episodes below 46, a third above 215.
+    assert abs(float((lengths < 46.4).float().mean()) - 1 / 3) < 0.03
+    assert abs(float((lengths >= 215.4).float().mean()) - 1 / 3) < 0.03
+    layouts = {env.layout(i)["length"] for i in range(50)}
+    assert len(layouts) > 10
+    small = envs.make_batched("corridor", 64, seed=4, length=30, min_length=3)
+    small.reset(seed=4)
+    successes = episodes = 0
+    for _ in range(200):
+        _, _, terminated, truncated, info = small.step(small.oracle_actions())
+        done = terminated | truncated
+        episodes += int(done.sum())
+        successes += int(info["success"][done].sum())
+    assert episodes > 64 and successes == episodes
+    reference = envs.make_reference("corridor", length=30, min_length=3)
+    drawn = set()
+    for seed in range(40):
+        reference.reset(seed=seed)
+        drawn.add(reference.length)
+    assert min(drawn) >= 3 and max(drawn) <= 30 and len(drawn) > 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"length": 100, "min_length": 2}, "min_length"),
+        ({"length": 100, "min_length": 101}, "min_length"),
+        ({"length": 100, "min_length": 4, "view_size": 5}, "min_length"),
+    ],
+)
+def test_random_length_corridor_rejects_impossible_ranges(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        envs.make_batched("corridor", 2, **kwargs)

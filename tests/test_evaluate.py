@@ -70,7 +70,7 @@ def test_tiny_run_evaluates_to_sane_numbers_and_writes_eval_json(tiny_run, capsy
     assert 0 < summary["mem_alive_mean"] <= summary["mem_alive_max"] <= 40
     assert summary["checkpoint"]["global_step"] == 512
     assert summary["task"]["settings"] == {"length": 5, "num_colors": 2, "view_size": 3,
-                                           "max_steps": 40}  # fmt: skip
+                                           "max_steps": 40, "min_length": 5}  # fmt: skip
     assert summary["oracle"]["success_rate"] == 1.0
 
 
@@ -84,6 +84,23 @@ def test_task_override_changes_the_task_and_its_default_time_limit(tiny_run, cap
     assert summary["task"]["settings"]["length"] == 12
     assert summary["task"]["settings"]["max_steps"] == 4 * 12 + 20  # followed the new length
     assert summary["oracle"]["mean_length"] == 13
+
+
+def test_a_random_length_run_is_evaluated_at_full_length(tmp_path, capsys):
+    run = train_tiny_run(tmp_path / "random", "--min-length", "3", "--length", "8")
+    config = json.loads((run / "config.json").read_text())
+    assert config["env_kwargs"]["min_length"] == 3
+    status, _, err = run_cli([str(run), "--episodes", "8", "--threads", "1"], capsys)
+    assert status == 0, err
+    summary = json.loads((run / "eval.json").read_text())
+    assert summary["task"]["settings"]["min_length"] == 8
+    assert summary["oracle"]["mean_length"] == 9  # every episode: 8 cells and the turn
+    output = run / "eval-random.json"
+    argv = [str(run), "--episodes", "8", "--min-length", "4", "--output", str(output),
+            "--threads", "1"]  # fmt: skip
+    status, _, err = run_cli(argv, capsys)
+    assert status == 0, err
+    assert json.loads(output.read_text())["task"]["settings"]["min_length"] == 4
 
 
 @pytest.mark.parametrize(
