@@ -149,6 +149,13 @@ class Args:
     """IMPALA: V-trace rho-bar."""
     c_clip: PresetFloat = None
     """IMPALA: V-trace c-bar."""
+    curriculum_start: PresetInt = None
+    """Corridor: a length curriculum. Episodes start this long (at most: with --min-length
+    they are drawn up to it); whenever a logging interval's success rate reaches
+    --curriculum-success the longest length doubles, up to --length (evaluation is always at
+    the full length). Unset: no curriculum."""
+    curriculum_success: PresetFloat = None
+    """Corridor: success rate over a logging interval that moves the curriculum on."""
     bootstrap_truncated: PresetBool = None
     """Bootstrap a time-limited episode from its value (True), or count the time-out as the
     episode's end with nothing more to come (False: the corridor preset, where a time-out is
@@ -196,6 +203,8 @@ class LearnerConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     adv_std_floor: float = 0.02
+    curriculum_start: int | None = None
+    curriculum_success: float = 0.9
     rho_clip: float = 1.0
     c_clip: float = 1.0
     bootstrap_truncated: bool = True
@@ -394,6 +403,7 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
         "vf_coef": (0.0, 100.0, False),
         "max_grad_norm": (0.0, math.inf, True),
         "adv_std_floor": (0.0, 100.0, False),
+        "curriculum_success": (0.0, 1.0, True),
         "rho_clip": (0.0, math.inf, True),
         "c_clip": (0.0, math.inf, True),
     }
@@ -403,6 +413,18 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
         bound = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
         _check(ok, f"{_flag(name)} must be in {bound}, got {value}")
     return learner
+
+
+def _check_curriculum(start: int, env_name: str, env_kwargs: dict[str, Any]) -> None:
+    _check(env_name == "corridor",
+           f"--curriculum-start applies only to the corridor, not {env_name}")  # fmt: skip
+    length, min_length = env_kwargs["length"], env_kwargs["min_length"]
+    lowest = min_length if min_length < length else min(env_kwargs["view_size"], length)
+    _check(
+        lowest <= start <= length,
+        f"--curriculum-start must be in [{lowest}, {length}] (from the shortest corridor the "
+        f"view allows, or --min-length, to --length), got {start}",
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -424,6 +446,8 @@ def resolve(args: Args) -> TrainConfig:
     preset_learner, preset_policy = preset(env_name, env_kwargs, args.policy)
     policy_kwargs = resolve_policy(args, env_name, preset_policy)
     learner = resolve_learner(args, preset_learner)
+    if learner.curriculum_start is not None:
+        _check_curriculum(learner.curriculum_start, env_name, env_kwargs)
     for name in ("log_interval", "checkpoint_interval"):
         value = getattr(args, name)
         _check(value is None or value >= 1, f"{_flag(name)} must be >= 1, got {value}")

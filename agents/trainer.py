@@ -88,6 +88,9 @@ class Trainer:
         np.random.seed(run.seed)
         self.device = torch.device(run.device)
         self.env = make_env(config)
+        self.curriculum = config.learner.curriculum_start is not None
+        if self.curriculum:  # before the collector's reset draws the first episodes
+            self.env.set_longest(config.learner.curriculum_start)
         self.policy = build_policy(config, self.env, self.device)
         self.learner = LEARNERS[config.learner.algo](self.policy, config.learner, run.seed)
         self.collector = Collector(
@@ -169,13 +172,15 @@ class Trainer:
                         **self.collector.stats.read(),
                         **{key: value.item() for key, value in metrics.items()},
                         **_memory_stats(self.collector),
+                        "task_longest": self._longest(),
                     }
                     interval_start, interval_steps = now, 0
                     self._log(row, writer)
                     progress.log(row)
                     last_row = row
+                    full_task = self._advance_curriculum(row)
                     target = config.run.target_success
-                    stop = target is not None and row["success_rate"] >= target
+                    stop = full_task and target is not None and row["success_rate"] >= target
                 if update % config.run.checkpoint_interval == 0 or last or stop:
                     self.save(wall)
                 if stop:
@@ -185,6 +190,20 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return last_row
+
+    def _longest(self) -> float:
+        longest = getattr(self.env, "longest", None)
+        return float(longest) if longest is not None else math.nan
+
+    def _advance_curriculum(self, row: dict[str, float]) -> bool:
+        """Double the longest corridor once the interval's success reaches the bar; whether
+        the interval was already on the full task."""
+        if not self.curriculum:
+            return True
+        longest, length = int(self.env.longest), self.config.env_kwargs["length"]
+        if longest < length and row["success_rate"] >= self.config.learner.curriculum_success:
+            self.env.set_longest(min(2 * longest, length))
+        return longest == length
 
     def _log(self, row: dict[str, float], writer: Any) -> None:
         if not is_main_process():

@@ -71,15 +71,18 @@ class CorridorConfig:
         low = min(self.view_size, self.length)
         self.min_length = check_int("min_length", min_length, low, self.length)
 
-    def draw_lengths(self, uniforms: Any) -> Any:
+    def draw_lengths(self, uniforms: Any, longest: Any = None) -> Any:
         """Episode lengths for uniforms in [0, 1) (a tensor or a float): log-uniform over
-        [min_length, length], every integer length from the bucket it rounds down from."""
-        low, high = math.log(self.min_length), math.log(self.length + 1)
+        [min_length, longest] (default ``length``), every integer length from the bucket it
+        rounds down from."""
+        longest = self.length if longest is None else longest
         if isinstance(uniforms, torch.Tensor):
+            low = math.log(self.min_length)
+            high = torch.log(torch.as_tensor(longest, device=uniforms.device) + 1.0)
             lengths = torch.exp(low + uniforms * (high - low)).long()
-            return lengths.clamp(self.min_length, self.length)
-        return min(max(int(math.exp(low + uniforms * (high - low))), self.min_length),
-                   self.length)  # fmt: skip
+            return torch.minimum(lengths.clamp_min(self.min_length), torch.as_tensor(longest))
+        low, high = math.log(self.min_length), math.log(longest + 1)
+        return min(max(int(math.exp(low + uniforms * (high - low))), self.min_length), longest)
 
     def check_layout(self, layout: dict[str, Any]) -> dict[str, int]:
         """Validate a layout from :meth:`BatchedCorridor.layout` against this config."""
@@ -131,6 +134,9 @@ class BatchedCorridor(BatchedEnv):
         boundaries = segment_boundaries(self.length, self.view_size // 2)
         self.boundaries = torch.tensor(boundaries, device=self.device)
         self.kind_keys, self.kind_turns = self._episode_kinds()
+        # The longest episode drawn (a length curriculum lowers it, see `set_longest`); a
+        # tensor, so that it is part of the env's state and costs no host sync.
+        self.longest = torch.tensor(self.length, device=self.device)
         super().__init__(num_envs, self.config.max_steps, device, seed)
         self.table = self._build_table()
 
@@ -155,9 +161,9 @@ class BatchedCorridor(BatchedEnv):
         kind = (draws * kinds).long().clamp_max(kinds - 1)
         if self.config.min_length < self.length:  # only then: fixed lengths keep their stream
             uniforms = torch.rand(count, generator=self.generator, device=self.device)
-            episode_length = self.config.draw_lengths(uniforms)
+            episode_length = self.config.draw_lengths(uniforms, self.longest)
         else:
-            episode_length = torch.full_like(kind, self.length)
+            episode_length = self.longest.expand_as(kind).clone()
         return {
             "position": torch.zeros_like(kind),
             "episode_length": episode_length,
@@ -165,6 +171,16 @@ class BatchedCorridor(BatchedEnv):
             "table_base": self.kind_keys[kind] * (len(self.boundaries) + 1),
             "right_turn": self.kind_turns[kind],
         }
+
+    def set_longest(self, longest: int) -> None:
+        """Draw the next episodes' lengths up to ``longest`` only (``min_length`` ..
+        ``length``; a fixed-length corridor then has exactly that length): a training
+        curriculum. Episodes under way keep theirs."""
+        config = self.config
+        random_length = config.min_length < self.length
+        lowest = config.min_length if random_length else min(self.view_size, self.length)
+        check_int("longest", longest, lowest, self.length)
+        self.longest = torch.tensor(int(longest), device=self.device)
 
     # The colours are kept packed in one key (the table lookup needs only it).
     @property

@@ -175,3 +175,18 @@ def test_random_length_corridor_draws_log_uniform_lengths_and_the_oracle_solves_
 def test_random_length_corridor_rejects_impossible_ranges(kwargs, message):
     with pytest.raises(ValueError, match=message):
         envs.make_batched("corridor", 2, **kwargs)
+
+
+@pytest.mark.parametrize("min_length", [None, 4])
+def test_set_longest_caps_the_next_episodes(min_length):
+    env = envs.make_batched("corridor", 32, seed=5, length=100, min_length=min_length)
+    env.set_longest(12)
+    env.reset(seed=5)
+    lengths = set()
+    for _ in range(60):
+        env.step(env.oracle_actions())
+        lengths.update(env.episode_length.tolist())
+    assert max(lengths) <= 12
+    assert lengths == {12} if min_length is None else len(lengths) > 3
+    with pytest.raises(ValueError, match="longest"):
+        env.set_longest(101)

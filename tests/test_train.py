@@ -113,6 +113,18 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in checkpoint["policy"].values())
 
 
+def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
+    # A random policy succeeds half of the time, so a bar of 0.3 moves on at every row.
+    run_dir = train(tmp_path, "--length", "24", "--curriculum-start", "3",
+                    "--curriculum-success", "0.3", "--total-steps", "768")  # fmt: skip
+    table = rows(run_dir)
+    assert [float(r["task_longest"]) for r in table] == [3, 6, 12, 24, 24, 24]
+    checkpoint = RunDir.open(run_dir).load_checkpoint()
+    assert int(checkpoint["collector"]["env"]["tensors"]["longest"]) == 24  # resumes there
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["env_kwargs"]["length"] == 24  # what evaluation uses
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -123,6 +135,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
         (["--num-envs", "6", "--num-minibatches", "4"], "--num-minibatches 4 must divide"),
         (["--learning-rate", "-1"], "--learning-rate must be in (0.0, 1.0], got -1.0"),
         (["--resume", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
+        (["--curriculum-start", "2"], "--curriculum-start must be in [3, 1000]"),
+        (["--env", "portal", "--curriculum-start", "5"], "applies only to the corridor"),
+        (["--length", "50", "--min-length", "20", "--curriculum-start", "10"],
+         "--curriculum-start must be in [20, 50]"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):
