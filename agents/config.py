@@ -66,8 +66,8 @@ class Args:
     """Corridor: number of cue colours, 2..6."""
     min_length: PresetInt = None
     """Corridor: train on a random-length corridor, each episode's length drawn log-uniformly
-    from [min_length, length] (evaluation is at the full length); unset: every episode has
-    the full length."""
+    from [min_length, length] (evaluation is at the full length). Preset: 5 for corridors of
+    20 cells or more, else the full length; --min-length LENGTH turns it off."""
     num_rooms: PresetInt = None
     """Portal: rooms in the chain, 1..6."""
     room_length: PresetInt = None
@@ -153,7 +153,8 @@ class Args:
     """Corridor: a length curriculum. Episodes start this long (at most: with --min-length
     they are drawn up to it); whenever a logging interval's success rate reaches
     --curriculum-success the longest length doubles, up to --length (evaluation is always at
-    the full length). Unset: no curriculum."""
+    the full length). Preset: 10 for corridors of 20 cells or more, else none;
+    --curriculum-start LENGTH turns it off."""
     curriculum_success: PresetFloat = None
     """Corridor: success rate over a logging interval that moves the curriculum on."""
     bootstrap_truncated: PresetBool = None
@@ -274,6 +275,13 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
             gamma=0.99, ent_coef=0.01, span_lr_scale=0.03, bootstrap_truncated=False,
             total_steps=max(2_000_000, 2_500 * length),
         )  # fmt: skip
+        # Random lengths and a length curriculum (measured on corridor 1000): lengths drawn
+        # from [5, longest], longest 10 at first, doubled whenever an interval's success
+        # reaches 0.9. With fixed lengths instead the agent can find the cue by its distance
+        # (position bias) rather than its content and stalled at 0.75 when the length doubled.
+        if length >= CURRICULUM_FROM:
+            min_length = task_kwargs.get("min_length", length)
+            learner.update(curriculum_start=max(10, min_length if min_length < length else 10))
         policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
     elif env == "portal":
         learner.update(gamma=0.99, total_steps=5_000_000)
@@ -287,6 +295,16 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
     if policy != "expire_span":
         policy_kwargs.pop("max_span", None)
     return learner, policy_kwargs
+
+
+CURRICULUM_FROM = 20
+"""Corridors at least this long train with the preset's random lengths and curriculum."""
+
+
+def corridor_min_length(length: int, view_size: int) -> int:
+    """The corridor preset's --min-length: random lengths from 5 (or the view size) up, for
+    corridors of CURRICULUM_FROM cells or more; the full length below (no random lengths)."""
+    return max(5, view_size) if length >= CURRICULUM_FROM else length
 
 
 def _check(condition: bool, message: str) -> None:
@@ -311,6 +329,9 @@ def resolve_env(args: Args) -> tuple[str, dict[str, Any]]:
                 f"{_flag(name)} is not a parameter of {args.env} "
                 f"(its parameters: {', '.join(_flag(n) for n in allowed)})",
             )
+        if args.env == "corridor" and "min_length" not in given:
+            given["min_length"] = corridor_min_length(given.get("length", 1000),
+                                                      given.get("view_size", 3))  # fmt: skip
         try:
             task_config = envs.TASKS[args.env][0].config_class(**given)
         except ValueError as error:

@@ -115,7 +115,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
 
 def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
     # A random policy succeeds half of the time, so a bar of 0.3 moves on at every row.
-    run_dir = train(tmp_path, "--length", "24", "--curriculum-start", "3",
+    run_dir = train(tmp_path, "--length", "24", "--min-length", "24", "--curriculum-start", "3",
                     "--curriculum-success", "0.3", "--total-steps", "768")  # fmt: skip
     table = rows(run_dir)
     assert [float(r["task_longest"]) for r in table] == [3, 6, 12, 24, 24, 24]
@@ -135,7 +135,7 @@ def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
         (["--num-envs", "6", "--num-minibatches", "4"], "--num-minibatches 4 must divide"),
         (["--learning-rate", "-1"], "--learning-rate must be in (0.0, 1.0], got -1.0"),
         (["--resume", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
-        (["--curriculum-start", "2"], "--curriculum-start must be in [3, 1000]"),
+        (["--curriculum-start", "2"], "--curriculum-start must be in [5, 1000]"),
         (["--env", "portal", "--curriculum-start", "5"], "applies only to the corridor"),
         (["--length", "50", "--min-length", "20", "--curriculum-start", "10"],
          "--curriculum-start must be in [20, 50]"),
@@ -167,9 +167,16 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_expire_span_solves_corridor_50(tmp_path):
+    import evaluate
+
     run_dir = tmp_path / "c50"
-    # The preset as measured: first >= 0.99 at 1.97M of its 2M steps (one seed).
+    # The preset (random lengths from 5 and a curriculum from 10), stopped once the training
+    # success over all lengths reaches 0.99 on the full range; then evaluated at length 50.
     argv = ["--env", "corridor", "--length", "50", "--threads", "1",
-            "--target-success", "0.95", "--run-dir", str(run_dir)]  # fmt: skip
+            "--target-success", "0.99", "--run-dir", str(run_dir)]  # fmt: skip
     assert train_rl.main(argv, progress=False) == 0
-    assert float(rows(run_dir)[-1]["success_rate"]) >= 0.95
+    assert float(rows(run_dir)[-1]["task_longest"]) == 50
+    assert evaluate.main([str(run_dir), "--episodes", "500", "--threads", "1"]) == 0
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["task"]["settings"]["min_length"] == 50
+    assert summary["success_rate"] >= 0.95
