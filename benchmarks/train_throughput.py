@@ -4,15 +4,17 @@ Both train on the corridor task of the same length, side by side in one
 process, and each is timed over its whole training loop (collecting rollouts
 *and* learning updates) for a wall-clock budget after a warm-up:
 
-- **ours**: exactly what ``python train_rl.py --env corridor --length L``
-  builds (the corridor preset: Expire-Span policy, PPO, 64 envs x 128 steps,
-  4 epochs), on the batched torch corridor, driven update by update through
-  the trainer's collector and learner (the metric rows and checkpoints that
-  ``Trainer.run`` writes every 10 and 50 updates are left out). The warm-up
-  (``--warmup-updates``, by default long enough for one random-walk episode,
-  about 1.7 L steps with the preset's forward bias) lets the agent's memory
-  fill up: early in training nearly every past step is alive, so the first
-  updates are cheaper than the ones after them.
+- **ours**: what ``python train_rl.py --env corridor --length L`` builds (the
+  corridor preset: Expire-Span policy, PPO, 64 envs x 128 steps, 4 epochs),
+  but on the full-length corridor throughout (no random lengths, no
+  curriculum: the task the baseline gets), on the batched torch corridor,
+  driven update by update through the trainer's collector and learner (the
+  metric rows and checkpoints that ``Trainer.run`` writes every 10 and 50
+  updates are left out). The warm-up (``--warmup-updates``, by default long
+  enough for one random-walk episode, about 1.7 L steps with the preset's
+  forward bias) lets the agent's memory fill up: early in training nearly
+  every past step is alive, so the first updates are cheaper than the ones
+  after them.
 - **sb3-contrib**: ``RecurrentPPO("MlpLstmPolicy", DummyVecEnv(n envs))`` with
   its default hyperparameters (128 steps per env, 10 epochs, batch 128, LSTM
   256) on the reference env, ``gym.make("ExpireRL/Corridor-v0", length=L)``
@@ -63,7 +65,10 @@ def ours_steps_per_second(
     threads: int | None,
 ) -> dict[str, Any]:
     """Train the corridor preset for ``seconds`` after a warm-up; steps/s of the whole loop."""
-    args = Args(env="corridor", length=length, device=device, num_envs=num_envs, threads=threads)
+    # The full-length corridor throughout, as sb3-contrib gets it: the preset's random lengths
+    # and curriculum would time shorter episodes than the baseline's.
+    args = Args(env="corridor", length=length, device=device, num_envs=num_envs, threads=threads,
+                min_length=length, curriculum_start=length)  # fmt: skip
     config = resolve(args)
     learner_config = config.learner
     steps_per_update = learner_config.num_envs * learner_config.num_steps
