@@ -281,7 +281,7 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
         # (position bias) rather than its content and stalled at 0.75 when the length doubled.
         if length >= CURRICULUM_FROM:
             min_length = task_kwargs.get("min_length", length)
-            learner.update(curriculum_start=max(10, min_length if min_length < length else 10))
+            learner.update(curriculum_start=max(10, min_length) if min_length < length else 10)
         policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
     elif env == "portal":
         learner.update(gamma=0.99, total_steps=5_000_000)
@@ -439,8 +439,8 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
 def _check_curriculum(start: int, env_name: str, env_kwargs: dict[str, Any]) -> None:
     _check(env_name == "corridor",
            f"--curriculum-start applies only to the corridor, not {env_name}")  # fmt: skip
-    length, min_length = env_kwargs["length"], env_kwargs["min_length"]
-    lowest = min_length if min_length < length else min(env_kwargs["view_size"], length)
+    length = env_kwargs["length"]
+    lowest = envs.TASKS["corridor"][0].config_class(**env_kwargs).shortest_longest
     _check(
         lowest <= start <= length,
         f"--curriculum-start must be in [{lowest}, {length}] (from the shortest corridor the "

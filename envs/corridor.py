@@ -71,18 +71,20 @@ class CorridorConfig:
         low = min(self.view_size, self.length)
         self.min_length = check_int("min_length", min_length, low, self.length)
 
-    def draw_lengths(self, uniforms: Any, longest: Any = None) -> Any:
-        """Episode lengths for uniforms in [0, 1) (a tensor or a float): log-uniform over
-        [min_length, longest] (default ``length``), every integer length from the bucket it
-        rounds down from."""
-        longest = self.length if longest is None else longest
-        if isinstance(uniforms, torch.Tensor):
-            low = math.log(self.min_length)
-            high = torch.log(torch.as_tensor(longest, device=uniforms.device) + 1.0)
-            lengths = torch.exp(low + uniforms * (high - low)).long()
-            return torch.minimum(lengths.clamp_min(self.min_length), torch.as_tensor(longest))
-        low, high = math.log(self.min_length), math.log(longest + 1)
-        return min(max(int(math.exp(low + uniforms * (high - low))), self.min_length), longest)
+    @property
+    def shortest_longest(self) -> int:
+        """The least a length curriculum may cap the episodes at: ``min_length`` for a
+        random-length corridor, else the view size (no window may show cue and junction)."""
+        return self.min_length if self.min_length < self.length else min(self.view_size,
+                                                                          self.length)
+
+    def draw_lengths(self, uniforms: Tensor, longest: Tensor) -> Tensor:
+        """Episode lengths for ``uniforms`` in [0, 1): log-uniform over [min_length,
+        ``longest``], every integer length from the bucket it rounds down from."""
+        low = math.log(self.min_length)
+        high = torch.log(longest.to(uniforms.device, uniforms.dtype) + 1.0)
+        lengths = torch.exp(low + uniforms * (high - low)).long()
+        return torch.minimum(lengths.clamp_min(self.min_length), longest)
 
     def check_layout(self, layout: dict[str, Any]) -> dict[str, int]:
         """Validate a layout from :meth:`BatchedCorridor.layout` against this config."""
@@ -176,10 +178,7 @@ class BatchedCorridor(BatchedEnv):
         """Draw the next episodes' lengths up to ``longest`` only (``min_length`` ..
         ``length``; a fixed-length corridor then has exactly that length): a training
         curriculum. Episodes under way keep theirs."""
-        config = self.config
-        random_length = config.min_length < self.length
-        lowest = config.min_length if random_length else min(self.view_size, self.length)
-        check_int("longest", longest, lowest, self.length)
+        check_int("longest", longest, self.config.shortest_longest, self.length)
         self.longest = torch.tensor(int(longest), device=self.device)
 
     # The colours are kept packed in one key (the table lookup needs only it).
@@ -337,7 +336,8 @@ class CorridorEnv(ReferenceEnv):
         top, bottom = (cue, other) if self.np_random.integers(2) == 0 else (other, cue)
         length = self.config.length
         if self.config.min_length < length:
-            length = self.config.draw_lengths(float(self.np_random.random()))
+            uniform = torch.tensor([self.np_random.random()])
+            length = int(self.config.draw_lengths(uniform, torch.tensor(length))[0])
         return {"length": length, "cue": cue, "top": top, "bottom": bottom}
 
     def _build(self, layout: dict[str, Any]) -> None:

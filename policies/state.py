@@ -129,7 +129,7 @@ class State:
                 raise ValueError(f"state tensor {name!r} has incompatible shapes")
             if parts[0].dim() >= 2:
                 width = max(p.shape[1] for p in parts)
-                parts = [_pad_dim1(p, width) for p in parts]
+                parts = [pad_slots(p, width) for p in parts]
             tensors[name] = torch.cat(parts, dim=0)
         return cls(states[0].kind, tensors)
 
@@ -138,7 +138,7 @@ class State:
         return f"State(kind={self.kind!r}, {shapes})"
 
 
-def _pad_dim1(tensor: Tensor, width: int) -> Tensor:
+def pad_slots(tensor: Tensor, width: int) -> Tensor:
     """Pad dim 1 of ``tensor`` with zeros up to ``width``."""
     missing = width - tensor.shape[1]
     if missing == 0:

@@ -54,7 +54,7 @@ from torch import nn
 
 from policies.config import TransformerConfig
 from policies.core import CoreOutput, MemoryCore
-from policies.state import DERIVED_PREFIX
+from policies.state import DERIVED_PREFIX, pad_slots
 
 Tensor = torch.Tensor
 
@@ -218,8 +218,8 @@ def update_slot_buffer(
     slots = [t.gather(1, take[..., None].expand(-1, -1, t.shape[2])) for t in slots]
     age, keep = age.gather(1, take), keep.gather(1, take)
     if new_width > width:
-        slots = [_pad_slots(t, new_width) for t in slots]
-        age, keep = _pad_slots(age, new_width), _pad_slots(keep, new_width)
+        slots = [pad_slots(t, new_width) for t in slots]
+        age, keep = pad_slots(age, new_width), pad_slots(keep, new_width)
     return slots, age, keep
 
 
@@ -246,12 +246,6 @@ def append_slots(buffer: Tensor, new: Tensor, spare: int) -> Tensor:
         base[:, width : width + steps] = new
     base.claimed_width = width + steps
     return base[:, : width + steps]
-
-
-def _pad_slots(tensor: Tensor, width: int) -> Tensor:
-    """``tensor`` [B, M, ...] padded with zeros (empty slots) to [B, width, ...]."""
-    padding = tensor.new_zeros((tensor.shape[0], width - tensor.shape[1], *tensor.shape[2:]))
-    return torch.cat([tensor, padding], dim=1)
 
 
 class TransformerCore(MemoryCore):
