@@ -138,7 +138,11 @@ class Args:
     clip_coef: PresetFloat = None
     """PPO ratio clipping."""
     ent_coef: PresetFloat = None
-    """Entropy bonus coefficient."""
+    """Entropy bonus coefficient (with a curriculum: at its first stage)."""
+    ent_coef_final: PresetFloat = None
+    """Corridor curriculum: the entropy coefficient once the full length is reached; between
+    stages it moves geometrically with the longest length (corridor preset: 0.03 at the first
+    stage, 0.003 at the full length). Unset: --ent-coef throughout."""
     vf_coef: PresetFloat = None
     """Value loss coefficient."""
     max_grad_norm: PresetFloat = None
@@ -201,6 +205,7 @@ class LearnerConfig:
     chunk_length: int = 128
     clip_coef: float = 0.2
     ent_coef: float = 0.001
+    ent_coef_final: float | None = None
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     adv_std_floor: float = 0.02
@@ -209,6 +214,18 @@ class LearnerConfig:
     rho_clip: float = 1.0
     c_clip: float = 1.0
     bootstrap_truncated: bool = True
+
+    def entropy_coef(self, longest: int, length: int) -> float:
+        """The entropy coefficient while the curriculum's longest corridor is ``longest`` of
+        ``length``: ``ent_coef`` at the first stage, ``ent_coef_final`` at the full length,
+        geometric in between (so each doubling of the length scales it by the same factor)."""
+        if self.ent_coef_final is None or self.curriculum_start is None:
+            return self.ent_coef
+        if longest >= length or self.curriculum_start >= length:
+            return self.ent_coef_final
+        start = self.curriculum_start
+        fraction = min(max(math.log(longest / start) / math.log(length / start), 0.0), 1.0)
+        return self.ent_coef * (self.ent_coef_final / self.ent_coef) ** fraction
 
 
 @dataclass
@@ -275,13 +292,21 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
             gamma=0.99, ent_coef=0.01, span_lr_scale=0.03, bootstrap_truncated=False,
             total_steps=max(2_000_000, 2_500 * length),
         )  # fmt: skip
+        # With the curriculum, entropy 0.01 let 2 seeds of 3 settle at 0.75 on the first
+        # stages (the cue read for one colour only); 0.03 got both past it, but kept up on
+        # the long stages it raised the entropy of walking (whose advantages vanish a few
+        # hundred steps from the junction) until one seed timed out. So 0.03 at the first
+        # stage, 0.003 at the full length.
         # Random lengths and a length curriculum (measured on corridor 1000): lengths drawn
         # from [5, longest], longest 10 at first, doubled whenever an interval's success
         # reaches 0.9. With fixed lengths instead the agent can find the cue by its distance
         # (position bias) rather than its content and stalled at 0.75 when the length doubled.
         if length >= CURRICULUM_FROM:
             min_length = task_kwargs.get("min_length", length)
-            learner.update(curriculum_start=max(10, min_length) if min_length < length else 10)
+            learner.update(
+                curriculum_start=max(10, min_length) if min_length < length else 10,
+                ent_coef=0.03, ent_coef_final=0.003,
+            )  # fmt: skip
         policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
     elif env == "portal":
         learner.update(gamma=0.99, total_steps=5_000_000)
@@ -421,6 +446,7 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
         "gae_lambda": (0.0, 1.0, False),
         "clip_coef": (0.0, 10.0, True),
         "ent_coef": (0.0, 10.0, False),
+        "ent_coef_final": (0.0, 10.0, True),
         "vf_coef": (0.0, 100.0, False),
         "max_grad_norm": (0.0, math.inf, True),
         "adv_std_floor": (0.0, 100.0, False),
@@ -428,8 +454,15 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
         "rho_clip": (0.0, math.inf, True),
         "c_clip": (0.0, math.inf, True),
     }
+    _check(
+        learner.ent_coef_final is None or (learner.ent_coef > 0 and learner.ent_coef_final > 0),
+        f"--ent-coef-final needs --ent-coef and --ent-coef-final > 0 (the coefficient moves "
+        f"geometrically), got {learner.ent_coef} and {learner.ent_coef_final}",
+    )
     for name, (low, high, open_low) in ranges.items():
         value = getattr(learner, name)
+        if value is None:
+            continue
         ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
         bound = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
         _check(ok, f"{_flag(name)} must be in {bound}, got {value}")

@@ -48,6 +48,7 @@ class Learner(abc.ABC):
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.num_updates = config.total_steps // (config.num_envs * config.num_steps)
         self.update_count = 0
+        self.ent_coef = config.ent_coef  # the trainer moves it with a length curriculum
         self.generator = torch.Generator().manual_seed(seed)  # minibatch order
 
     def set_learning_rate(self) -> float:
@@ -101,7 +102,7 @@ class Learner(abc.ABC):
                 policy_loss, value_loss, extra = self.losses(rollout, replay, columns, targets)
                 entropy = replay.entropy.mean()
                 aux_loss = replay.output.aux_loss
-                loss = (policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+                loss = (policy_loss + config.vf_coef * value_loss - self.ent_coef * entropy
                         + aux_loss)  # fmt: skip
                 grad_norm = self.optimise(loss)
                 history.append({
@@ -115,6 +116,7 @@ class Learner(abc.ABC):
         self.update_count += 1
         metrics = mean_metrics(history)
         metrics["learning_rate"] = torch.tensor(learning_rate)
+        metrics["ent_coef"] = torch.tensor(self.ent_coef)
         return metrics
 
     def episode_ends(self, rollout: Rollout) -> tuple[Tensor, Tensor]:

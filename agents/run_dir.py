@@ -51,6 +51,7 @@ METRIC_COLUMNS: dict[str, str] = {
     "clip_fraction": "fraction of ratios clipped (PPO) or above rho-bar (IMPALA)",
     "grad_norm": "gradient norm before clipping",
     "learning_rate": "current learning rate",
+    "ent_coef": "current entropy coefficient (moves with a length curriculum)",
     "mem_alive_mean": "memories alive per env after the rollout (mean over envs and layers)",
     "mem_alive_max": "largest alive count of any env and layer",
     "span_mean": "mean predicted span of new memories in the last rollout step",
@@ -59,8 +60,9 @@ METRIC_COLUMNS: dict[str, str] = {
 }
 TENSORBOARD_PREFIX = {
     "sps": "charts", "episodes": "charts", "success_rate": "charts", "episode_return": "charts",
-    "episode_length": "charts", "learning_rate": "charts", "mem_alive_mean": "memory",
-    "mem_alive_max": "memory", "span_mean": "memory", "task_longest": "charts",
+    "episode_length": "charts", "learning_rate": "charts", "ent_coef": "charts",
+    "mem_alive_mean": "memory", "mem_alive_max": "memory", "span_mean": "memory",
+    "task_longest": "charts",
 }  # fmt: skip
 
 

@@ -154,6 +154,10 @@ class Trainer:
         try:
             while learner.update_count < learner.num_updates:
                 rollout = self.collector.collect()
+                if self.curriculum:
+                    learner.ent_coef = config.learner.entropy_coef(
+                        int(self.env.longest), config.env_kwargs["length"]
+                    )
                 metrics = learner.update(rollout)
                 self.global_step += self.steps_per_update
                 interval_steps += self.steps_per_update

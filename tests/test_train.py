@@ -116,9 +116,14 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
 def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
     # A random policy succeeds half of the time, so a bar of 0.3 moves on at every row.
     run_dir = train(tmp_path, "--length", "24", "--min-length", "24", "--curriculum-start", "3",
-                    "--curriculum-success", "0.3", "--total-steps", "768")  # fmt: skip
+                    "--curriculum-success", "0.3", "--total-steps", "768",
+                    "--ent-coef", "0.03", "--ent-coef-final", "0.003")  # fmt: skip
     table = rows(run_dir)
     assert [float(r["task_longest"]) for r in table] == [3, 6, 12, 24, 24, 24]
+    # The entropy coefficient goes from 0.03 to 0.003 by the same factor at each doubling.
+    coefs = [float(r["ent_coef"]) for r in table]
+    assert coefs == pytest.approx([0.03, 0.03 * 0.1 ** (1 / 3), 0.03 * 0.1 ** (2 / 3), 0.003,
+                                   0.003, 0.003], rel=1e-5)  # fmt: skip
     checkpoint = RunDir.open(run_dir).load_checkpoint()
     assert int(checkpoint["collector"]["env"]["tensors"]["longest"]) == 24  # resumes there
     config = json.loads((run_dir / "config.json").read_text())
@@ -139,6 +144,7 @@ def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
         (["--env", "portal", "--curriculum-start", "5"], "applies only to the corridor"),
         (["--length", "50", "--min-length", "20", "--curriculum-start", "10"],
          "--curriculum-start must be in [20, 50]"),
+        (["--ent-coef", "0", "--ent-coef-final", "0.01"], "--ent-coef-final needs --ent-coef"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):
