@@ -142,7 +142,7 @@ class Args:
     ent_coef_final: PresetFloat = None
     """Corridor curriculum: the entropy coefficient once the full length is reached; between
     stages it moves geometrically with the longest length (corridor preset: 0.03 at the first
-    stage, 0.003 at the full length). Unset: --ent-coef throughout."""
+    stage, 0.01 at the full length). Unset: --ent-coef throughout."""
     vf_coef: PresetFloat = None
     """Value loss coefficient."""
     max_grad_norm: PresetFloat = None
@@ -292,11 +292,13 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
             gamma=0.99, ent_coef=0.01, span_lr_scale=0.03, bootstrap_truncated=False,
             total_steps=max(2_000_000, 2_500 * length),
         )  # fmt: skip
-        # With the curriculum, entropy 0.01 let 2 seeds of 3 settle at 0.75 on the first
-        # stages (the cue read for one colour only); 0.03 got both past it, but kept up on
-        # the long stages it raised the entropy of walking (whose advantages vanish a few
-        # hundred steps from the junction) until one seed timed out. So 0.03 at the first
-        # stage, 0.003 at the full length.
+        # With the curriculum (corridor 1000), entropy 0.01 let 2 seeds of 3 settle at 0.75
+        # on the first stages (the cue read for one colour only); 0.03 got both past it, but
+        # kept up on the long stages it raised the entropy of walking (whose advantages
+        # vanish a few hundred steps from the junction) until one seed timed out. Moving
+        # from 0.03 to 0.003 over the stages, one seed forgot a cue colour at stage 160
+        # (0.75, entropy 0.0075 there); 0.03 to 0.01 took seeds 1-3 to the full length in
+        # 0.9-1.4M steps.
         # Random lengths and a length curriculum (measured on corridor 1000): lengths drawn
         # from [5, longest], longest 10 at first, doubled whenever an interval's success
         # reaches 0.9. With fixed lengths instead the agent can find the cue by its distance
@@ -305,7 +307,7 @@ def preset(env: str, task_kwargs: dict[str, Any], policy: str) -> tuple[dict, di
             min_length = task_kwargs.get("min_length", length)
             learner.update(
                 curriculum_start=max(10, min_length) if min_length < length else 10,
-                ent_coef=0.03, ent_coef_final=0.003,
+                ent_coef=0.03, ent_coef_final=0.01,
             )  # fmt: skip
         policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
     elif env == "portal":
