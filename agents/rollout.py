@@ -98,7 +98,9 @@ class Collector:
         self.state = self.state.fresh()  # caches made with the parameters before the update
         for t in range(steps):
             if t % self.chunk_length == 0:
-                start_states.append(self.state.fresh())  # states are values: no copy needed
+                # States are values (no copy needed); the learner replays from this one with
+                # other parameters, so it carries no caches.
+                start_states.append(self.state.fresh())
             for key, value in self.obs.items():
                 obs_buffer[key][t] = value
             flags[0, t] = self.episode_starts

@@ -101,6 +101,7 @@ class Trainer:
         self.global_step, self.wall_offset = 0, 0.0
         if resume:
             self._restore(run_dir.load_checkpoint(device=str(self.device)))
+        self._set_entropy_coef()  # the (restored) curriculum stage's
         self.progress_enabled = progress
 
     # -- checkpoints ---------------------------------------------------------
@@ -154,10 +155,6 @@ class Trainer:
         try:
             while learner.update_count < learner.num_updates:
                 rollout = self.collector.collect()
-                if self.curriculum:
-                    learner.ent_coef = config.learner.entropy_coef(
-                        int(self.env.longest), config.env_kwargs["length"]
-                    )
                 metrics = learner.update(rollout)
                 self.global_step += self.steps_per_update
                 interval_steps += self.steps_per_update
@@ -207,7 +204,15 @@ class Trainer:
         longest, length = int(self.env.longest), self.config.env_kwargs["length"]
         if longest < length and row["success_rate"] >= self.config.learner.curriculum_success:
             self.env.set_longest(min(2 * longest, length))
+            self._set_entropy_coef()
         return longest == length
+
+    def _set_entropy_coef(self) -> None:
+        """The learner's entropy coefficient for the curriculum's current stage."""
+        if self.curriculum:
+            self.learner.ent_coef = self.config.learner.entropy_coef(
+                int(self.env.longest), self.config.env_kwargs["length"]
+            )
 
     def _log(self, row: dict[str, float], writer: Any) -> None:
         if not is_main_process():

@@ -8,6 +8,8 @@ import pytest
 import torch
 from test_policies_interface import build, random_obs, random_starts, run_chunks, take
 
+from policies.state import DERIVED_PREFIX
+
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("expire_span", {}),
     ("expire_span", {"num_layers": 2, "gating": True, "compact_interval": 1}),
@@ -21,14 +23,21 @@ NUM_STEPS, NUM_ENVS = 40, 3
 TOLERANCE = {"rtol": 0, "atol": 1e-10}
 
 
-@pytest.mark.parametrize(("kind", "overrides"), VARIANTS, ids=IDS)
-def test_one_call_equals_streaming_and_any_chunking(kind: str, overrides: dict) -> None:
+def one_call(kind: str, overrides: dict, seed: int) -> tuple[Any, ...]:
+    """A policy, random inputs, its initial state, and its logits and values from one call
+    over all the steps (with autograd)."""
     policy = build(kind, **overrides)
-    generator = torch.Generator().manual_seed(10)
+    generator = torch.Generator().manual_seed(seed)
     obs = random_obs(NUM_STEPS, NUM_ENVS, generator)
     starts = random_starts(NUM_STEPS, NUM_ENVS, generator)
     initial = policy.initial_state(NUM_ENVS)
     logits, values, _ = run_chunks(policy, obs, starts, initial, [NUM_STEPS])
+    return policy, obs, starts, initial, logits, values
+
+
+@pytest.mark.parametrize(("kind", "overrides"), VARIANTS, ids=IDS)
+def test_one_call_equals_streaming_and_any_chunking(kind: str, overrides: dict) -> None:
+    policy, obs, starts, initial, logits, values = one_call(kind, overrides, seed=10)
     for sizes in ([1] * NUM_STEPS, [7, 1, 13, 2, 17]):
         chunk_logits, chunk_values, _ = run_chunks(policy, obs, starts, initial, sizes)
         torch.testing.assert_close(chunk_logits, logits, **TOLERANCE)
@@ -39,20 +48,15 @@ def test_one_call_equals_streaming_and_any_chunking(kind: str, overrides: dict) 
 def test_streaming_without_autograd_reuses_cached_keys_exactly(kind: str, overrides: dict) -> None:
     """Without autograd the transformer cores carry their memories' keys, values and spans
     in the state (``derived_*``) instead of recomputing them: the outputs are the same."""
-    policy = build(kind, **overrides)
-    generator = torch.Generator().manual_seed(12)
-    obs = random_obs(NUM_STEPS, NUM_ENVS, generator)
-    starts = random_starts(NUM_STEPS, NUM_ENVS, generator)
-    initial = policy.initial_state(NUM_ENVS)
-    logits, values, _ = run_chunks(policy, obs, starts, initial, [NUM_STEPS])
+    policy, obs, starts, initial, logits, values = one_call(kind, overrides, seed=12)
     with torch.no_grad():
         stream_logits, stream_values, state = run_chunks(policy, obs, starts, initial,
                                                          [1] * NUM_STEPS)
     torch.testing.assert_close(stream_logits, logits, **TOLERANCE)
     torch.testing.assert_close(stream_values, values, **TOLERANCE)
-    derived = [name for name in state.tensors if name.startswith("derived_")]
+    derived = [name for name in state.tensors if name.startswith(DERIVED_PREFIX)]
     assert bool(derived) == (kind != "lstm")
-    assert not any(name.startswith("derived_") for name in state.fresh().tensors)
+    assert not any(name.startswith(DERIVED_PREFIX) for name in state.fresh().tensors)
 
 
 @pytest.mark.parametrize("kind", ["expire_span", "trxl"])

@@ -14,6 +14,7 @@ import torch
 
 import train_rl
 from agents.run_dir import METRIC_COLUMNS, RunDir
+from agents.trainer import Trainer
 
 TINY = ["--env", "corridor", "--length", "4", "--num-envs", "8", "--num-steps", "16",
         "--num-minibatches", "2", "--update-epochs", "2", "--log-interval", "1",
@@ -126,6 +127,9 @@ def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
                                    0.003, 0.003], rel=1e-5)  # fmt: skip
     checkpoint = RunDir.open(run_dir).load_checkpoint()
     assert int(checkpoint["collector"]["env"]["tensors"]["longest"]) == 24  # resumes there
+    resumed = Trainer(RunDir.open(run_dir).config(), RunDir.open(run_dir), resume=True,
+                      progress=False)  # fmt: skip
+    assert resumed.learner.ent_coef == pytest.approx(0.003)  # and at that stage's entropy
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_kwargs"]["length"] == 24  # what evaluation uses
 
