@@ -9,6 +9,7 @@ import abc
 from typing import Any
 
 import torch
+from torch.distributions import Categorical
 
 from agents.config import LearnerConfig
 from agents.rollout import Rollout, chunk_columns, chunked, unchunk
@@ -28,7 +29,7 @@ class Replay:
         obs, starts, state = chunked(rollout, columns)
         output, _ = policy(obs, state, starts)
         num_chunks = len(rollout.start_states)
-        distribution = torch.distributions.Categorical(logits=output.logits)
+        distribution = Categorical(logits=output.logits, validate_args=False)  # no host sync
         actions = chunk_columns(rollout.actions, rollout, columns)
         self.log_probs = unchunk(distribution.log_prob(actions), num_chunks)  # [T, b]
         self.entropy = unchunk(distribution.entropy(), num_chunks)  # [T, b]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+from torch.distributions import Categorical
 
 from policies.state import State
 
@@ -106,7 +107,8 @@ class Collector:
             flags[0, t] = self.episode_starts
             one_step = {key: value[None] for key, value in self.obs.items()}  # [1, B, ...]
             output, self.state = self.policy(one_step, self.state, self.episode_starts[None])
-            distribution = torch.distributions.Categorical(logits=output.logits[0])
+            # No argument validation: its checks wait on the device at every step.
+            distribution = Categorical(logits=output.logits[0], validate_args=False)
             action = distribution.sample()
             actions[t] = action
             floats[0, t] = distribution.log_prob(action)

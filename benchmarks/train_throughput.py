@@ -22,10 +22,12 @@ process, and each is timed over its whole training loop (collecting rollouts
   Timed from the start of its second rollout to the start of the last rollout
   begun within the budget (whole rollout + update cycles only).
 
-Where CUDA is available, ours is also measured with ``--device cuda`` and
-``--cuda-num-envs`` envs. Prints one JSON line.
+Where CUDA is available, ours is also measured with ``--device cuda``, once
+for each of the ``--cuda-num-envs`` env counts (``--cuda-only`` skips the CPU
+runs). Prints one JSON line.
 
     python benchmarks/train_throughput.py [--length 1000] [--seconds 60] [--threads N]
+    python benchmarks/train_throughput.py --cuda-only --cuda-num-envs 64 1024 4096
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -193,8 +196,9 @@ def main() -> None:
     parser.add_argument(
         "--cuda-num-envs",
         type=int,
-        default=4096,
-        help="our envs on CUDA, measured when CUDA is available",
+        nargs="+",
+        default=[4096],
+        help="our envs on CUDA, measured when CUDA is available (several: one run each)",
     )
     parser.add_argument(
         "--threads",
@@ -203,22 +207,34 @@ def main() -> None:
         help="torch CPU threads for both (default: torch's choice)",
     )
     parser.add_argument("--skip-sb3", action="store_true", help="measure ours only")
+    parser.add_argument(
+        "--cuda-only", action="store_true", help="measure ours on CUDA only (no CPU runs)"
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    ours = ours_steps_per_second(
-        args.length, args.seconds, "cpu", args.num_envs, args.warmup_updates, args.threads
-    )
-    sb3 = None
-    if not args.skip_sb3:
-        sb3_num_envs = args.sb3_num_envs or ours["num_envs"]
-        sb3 = sb3_steps_per_second(args.length, args.seconds, sb3_num_envs, "cpu")
-    ours_cuda = None
-    if torch.cuda.is_available():
-        ours_cuda = ours_steps_per_second(
-            args.length, args.seconds, "cuda", args.cuda_num_envs, args.warmup_updates, args.threads
+    if args.cuda_only and not torch.cuda.is_available():
+        parser.error("--cuda-only: no CUDA device is available")
+    ours = sb3 = None
+    if not args.cuda_only:
+        ours = ours_steps_per_second(
+            args.length, args.seconds, "cpu", args.num_envs, args.warmup_updates, args.threads
         )
-    ratio = ours["steps_per_s"] / sb3["steps_per_s"] if sb3 else None
+        if not args.skip_sb3:
+            sb3_num_envs = args.sb3_num_envs or ours["num_envs"]
+            sb3 = sb3_steps_per_second(args.length, args.seconds, sb3_num_envs, "cpu")
+    ours_cuda = []
+    if torch.cuda.is_available():
+        for num_envs in args.cuda_num_envs:
+            measured = ours_steps_per_second(
+                args.length, args.seconds, "cuda", num_envs, args.warmup_updates, args.threads
+            )
+            if sb3:
+                ratio_cuda = measured["steps_per_s"] / sb3["steps_per_s"]
+                measured["ratio_to_sb3_cpu"] = round(ratio_cuda, 1)
+            ours_cuda.append(measured)
+            print(json.dumps({"partial": "cuda", **measured}), file=sys.stderr, flush=True)
+    ratio = ours["steps_per_s"] / sb3["steps_per_s"] if ours and sb3 else None
     result = {
         "benchmark": "train_throughput",
         "task": "corridor",
@@ -231,9 +247,6 @@ def main() -> None:
         "bar": BAR,
         "bar_met": ratio >= BAR if ratio is not None else None,
         "ours_cuda": ours_cuda,
-        "cuda_ratio": (
-            round(ours_cuda["steps_per_s"] / sb3["steps_per_s"], 1) if ours_cuda and sb3 else None
-        ),
     }
     print(json.dumps(result), flush=True)
 
