@@ -62,6 +62,7 @@ AGE_SCALE = 8.0  # the timeline is linear in age below this many steps, logarith
 BACKGROUND = (24, 24, 28)
 TEXT = (235, 235, 235)
 FADING = np.array([255, 140, 30])  # memories on the ramp, scaled by their mask value
+MIN_BAR_WIDTH = 3  # pixel columns per kept memory at least, so a lone old memory shows
 AUTO_MAX_FRAMES = 1000  # automatic frame skipping keeps a time-limit episode under this
 
 
@@ -167,7 +168,9 @@ class MemoryPanel:
             return steps, norms / top, _viridis(norms / top)
         steps, remaining = self.kept[layer]
         if self.kind == "expire_span":
-            fraction = (remaining + self.ramp) / (self.max_span + self.ramp)
+            # Square-root scale: a span of a few percent of L_max still shows.
+            left = np.clip(remaining + self.ramp, 0, None)
+            fraction = np.sqrt(left / (self.max_span + self.ramp))
             colors = _viridis(remaining / self.max_span)
             mask = np.clip(1 + remaining / self.ramp, 0, 1)  # m of the next query
             fading = remaining < 0
@@ -191,9 +194,10 @@ class MemoryPanel:
         self, left: np.ndarray, right: np.ndarray, fraction: np.ndarray, colors: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Bar height in pixels [W] and colour [W, 3] of every pixel column; bar k covers
-        columns left[k] .. right[k] - 2 (at least one), and the tallest bar wins a column."""
+        columns left[k] .. right[k] - 2 (at least MIN_BAR_WIDTH), and the tallest bar wins a
+        column."""
         order = np.argsort(fraction, kind="stable")  # rank r: the r-th shortest bar
-        widths = np.maximum(right[order] - 1 - left[order], 1)  # [K]
+        widths = np.maximum(right[order] - 1 - left[order], MIN_BAR_WIDTH)  # [K]
         starts = np.repeat(left[order], widths)  # one entry per covered column
         offsets = np.arange(widths.sum()) - np.repeat(np.cumsum(widths) - widths, widths)
         rank = np.full(self.width, -1, dtype=np.int64)
@@ -227,13 +231,17 @@ class MemoryPanel:
             strip[filled] = np.broadcast_to(column_color[None], (*filled.shape, 3))[filled]
             ticks = image[top + STRIP_HEIGHT + 1 : top + STRIP_HEIGHT + 1 + TICK_HEIGHT]
             salient_ages = self.step - salient_steps
-            for step, low, high in zip(
+            kept = np.isin(salient_steps, steps) if self.kind != "lstm" else True
+            shade = np.where(kept, 1.0, 0.35)  # a cue still in memory is bright
+            for step, low, high, scale in zip(
                 salient_steps,
                 self._x(salient_ages + 1, plot_width),
                 self._x(salient_ages, plot_width),
+                np.broadcast_to(shade, salient_steps.shape),
                 strict=True,
             ):
-                ticks[:, low : max(high - 1, low + 1)] = self.salient[step]
+                colour = (self.salient[step] * scale).astype(np.uint8)
+                ticks[:, low : max(high - 1, low + MIN_BAR_WIDTH)] = colour
             labels.append((6, top + 4, f"layer {layer}"))
             if self.kind != "lstm":
                 labels.append((6, top + 20, f"kept: {len(steps)}"))

@@ -18,7 +18,16 @@ from agents.build import build_policy, make_env
 from agents.config import Args, resolve
 from agents.evaluate import LoadedRun, PolicyAgent, load_run
 from agents.run_dir import RunDir
-from agents.video import MemoryPanel, record_episode, record_videos
+from agents.video import (
+    LABEL_WIDTH,
+    PANEL_TITLE_HEIGHT,
+    STRIP_GAP,
+    STRIP_HEIGHT,
+    TICK_HEIGHT,
+    MemoryPanel,
+    record_episode,
+    record_videos,
+)
 from envs.core import FORWARD
 
 
@@ -128,8 +137,10 @@ def test_expire_span_panel_shows_exactly_the_memories_still_alive(tmp_path):
     for t in range(20):
         step = agent.act(obs, state, starts)
         state, starts = step.state, torch.zeros_like(starts)
-        panel.update(t, step, None)
+        panel.update(t, step, np.array([200, 0, 0]) if t == 0 else None)  # a cue at t = 0
         spans.append(step.output.spans[0, 0].numpy())  # [L]
+        if t == 2:
+            early = panel.draw()[0], [0 in panel.kept[layer][0] for layer in range(2)], t
         obs = env.step(torch.tensor([FORWARD]))[0]
     spans = np.stack(spans)  # [T, L]
     for layer in range(2):
@@ -141,3 +152,13 @@ def test_expire_span_panel_shows_exactly_the_memories_still_alive(tmp_path):
     image, labels = panel.draw()
     assert image.shape == (panel.height, 512, 3) and image.std() > 5
     assert any("kept" in text for _, _, text in labels)
+    # The cue's tick under each layer's strip: bright while step 0 is kept, dim once dropped.
+    late = image, [0 in panel.kept[layer][0] for layer in range(2)], 19
+    assert early[1] == [True, True] and late[1] == [False, False]
+    for picture, kept, t in (early, late):
+        panel.step = t
+        left = panel._x(np.array([t + 1]), 512 - LABEL_WIDTH - 8)[0]
+        row = PANEL_TITLE_HEIGHT + STRIP_HEIGHT + 1
+        for layer in range(2):
+            assert picture[row, left, 0] == (200 if kept[layer] else 70)
+            row += STRIP_HEIGHT + TICK_HEIGHT + STRIP_GAP
