@@ -161,9 +161,6 @@ class Args:
     --curriculum-start LENGTH turns it off."""
     curriculum_success: PresetFloat = None
     """Corridor: success rate over a logging interval that moves the curriculum on."""
-    curriculum_fixed_final: PresetBool = None
-    """Corridor curriculum with random lengths: once the full length reaches the success bar,
-    a last stage where every episode has the full length."""
     bootstrap_truncated: PresetBool = None
     """Bootstrap a time-limited episode from its value (True), or count the time-out as the
     episode's end with nothing more to come (False: the corridor preset, where a time-out is
@@ -214,7 +211,6 @@ class LearnerConfig:
     adv_std_floor: float = 0.02
     curriculum_start: int | None = None
     curriculum_success: float = 0.9
-    curriculum_fixed_final: bool = False
     rho_clip: float = 1.0
     c_clip: float = 1.0
     bootstrap_truncated: bool = True
@@ -509,13 +505,6 @@ def resolve(args: Args) -> TrainConfig:
     learner = resolve_learner(args, preset_learner)
     if learner.curriculum_start is not None:
         _check_curriculum(learner.curriculum_start, env_name, env_kwargs)
-    _check(
-        not learner.curriculum_fixed_final
-        or (learner.curriculum_start is not None
-            and env_kwargs.get("min_length", 0) < env_kwargs.get("length", 0)),
-        "--curriculum-fixed-final needs a length curriculum with random lengths "
-        "(--curriculum-start and --min-length below --length)",
-    )  # fmt: skip
     for name in ("log_interval", "checkpoint_interval"):
         value = getattr(args, name)
         _check(value is None or value >= 1, f"{_flag(name)} must be >= 1, got {value}")

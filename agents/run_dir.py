@@ -57,14 +57,12 @@ METRIC_COLUMNS: dict[str, str] = {
     "span_mean": "mean predicted span of new memories in the last rollout step",
     "task_longest": "longest corridor drawn in the interval: below the full length while a "
     "length curriculum runs (empty for the other tasks)",
-    "task_shortest": "shortest corridor that can be drawn: the full length in a curriculum's "
-    "fixed last stage (empty for the other tasks)",
 }
 TENSORBOARD_PREFIX = {
     "sps": "charts", "episodes": "charts", "success_rate": "charts", "episode_return": "charts",
     "episode_length": "charts", "learning_rate": "charts", "ent_coef": "charts",
     "mem_alive_mean": "memory", "mem_alive_max": "memory", "span_mean": "memory",
-    "task_longest": "charts", "task_shortest": "charts",
+    "task_longest": "charts",
 }  # fmt: skip
 
 

@@ -174,7 +174,6 @@ class Trainer:
                         **{key: value.item() for key, value in metrics.items()},
                         **_memory_stats(self.collector),
                         "task_longest": self._longest(),
-                        "task_shortest": self._shortest(),
                     }
                     interval_start, interval_steps = now, 0
                     self._log(row, writer)
@@ -197,27 +196,16 @@ class Trainer:
         longest = getattr(self.env, "longest", None)
         return float(longest) if longest is not None else math.nan
 
-    def _shortest(self) -> float:
-        if getattr(self.env, "fixed", None) is None:
-            return math.nan
-        return float(self.env.longest if self.env.fixed else self.env.config.min_length)
-
     def _advance_curriculum(self, row: dict[str, float]) -> bool:
         """Double the longest corridor once the interval's success reaches the bar; whether
         the interval was already on the full task."""
         if not self.curriculum:
             return True
         longest, length = int(self.env.longest), self.config.env_kwargs["length"]
-        learner = self.config.learner
-        final = learner.curriculum_fixed_final and self.env.config.min_length < length
-        done = longest == length and (not final or bool(self.env.fixed))
-        if not done and row["success_rate"] >= learner.curriculum_success:
-            if longest < length:
-                self.env.set_longest(min(2 * longest, length))
-            else:  # the last stage: the full length only
-                self.env.set_longest(length, fixed=True)
+        if longest < length and row["success_rate"] >= self.config.learner.curriculum_success:
+            self.env.set_longest(min(2 * longest, length))
             self._set_entropy_coef()
-        return done
+        return longest == length
 
     def _set_entropy_coef(self) -> None:
         """The learner's entropy coefficient for the curriculum's current stage."""

@@ -139,8 +139,6 @@ class BatchedCorridor(BatchedEnv):
         # The longest episode drawn (a length curriculum lowers it, see `set_longest`); a
         # tensor, so that it is part of the env's state and costs no host sync.
         self.longest = torch.tensor(self.length, device=self.device)
-        # A curriculum's last stage: every episode exactly `longest` long (see `set_longest`).
-        self.fixed = torch.tensor(False, device=self.device)
         super().__init__(num_envs, self.config.max_steps, device, seed)
         self.table = self._build_table()
 
@@ -166,7 +164,6 @@ class BatchedCorridor(BatchedEnv):
         if self.config.min_length < self.length:  # only then: fixed lengths keep their stream
             uniforms = torch.rand(count, generator=self.generator, device=self.device)
             episode_length = self.config.draw_lengths(uniforms, self.longest)
-            episode_length = torch.where(self.fixed, self.longest, episode_length)
         else:
             episode_length = self.longest.expand_as(kind).clone()
         return {
@@ -177,15 +174,12 @@ class BatchedCorridor(BatchedEnv):
             "right_turn": self.kind_turns[kind],
         }
 
-    def set_longest(self, longest: int, fixed: bool = False) -> None:
+    def set_longest(self, longest: int) -> None:
         """Draw the next episodes' lengths up to ``longest`` only (``min_length`` ..
         ``length``; a fixed-length corridor then has exactly that length): a training
-        curriculum. With ``fixed``, every episode is exactly ``longest`` long (the random
-        draws are still made, so the stream of layouts stays the same). Episodes under way
-        keep theirs."""
+        curriculum. Episodes under way keep theirs."""
         check_int("longest", longest, self.config.shortest_longest, self.length)
         self.longest = torch.tensor(int(longest), device=self.device)
-        self.fixed = torch.tensor(bool(fixed), device=self.device)
 
     # The colours are kept packed in one key (the table lookup needs only it).
     @property

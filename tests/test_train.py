@@ -114,35 +114,6 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in checkpoint["policy"].values())
 
 
-def test_fixed_final_stage_follows_the_full_random_length_stage(tmp_path):
-    """With --curriculum-fixed-final, reaching the bar at the full length (random lengths)
-    moves on to a last stage where every episode has the full length; only that stage is
-    the full task, and a resumed run is still in it."""
-    from agents.config import Args, resolve
-
-    config = resolve(Args(env="corridor", length=24, min_length=5, curriculum_start=6,
-                          curriculum_fixed_final=True, num_envs=16, num_steps=16,
-                          total_steps=4096, threads=1))  # fmt: skip
-    trainer = Trainer(config, RunDir.create(tmp_path / "run", config), progress=False)
-    env = trainer.env
-    stages = []
-    for success in (0.5, 0.95, 0.95, 0.5, 0.95, 0.5, 0.95):
-        full_task = trainer._advance_curriculum({"success_rate": success})
-        stages.append((int(env.longest), bool(env.fixed), full_task, trainer._shortest()))
-    # (longest, fixed, whether the interval was on the full task, shortest) after each row
-    assert stages == [(6, False, False, 5), (12, False, False, 5), (24, False, False, 5),
-                      (24, False, False, 5), (24, True, False, 24), (24, True, True, 24),
-                      (24, True, True, 24)]  # fmt: skip
-    env.reset(seed=1)
-    for _ in range(40):
-        env.step(torch.randint(3, (16,)))
-    assert (env.episode_length == 24).all()
-    trainer.save(0.0)
-    resumed = Trainer(RunDir.open(tmp_path / "run").config(), RunDir.open(tmp_path / "run"),
-                      resume=True, progress=False)  # fmt: skip
-    assert bool(resumed.env.fixed) and resumed._shortest() == 24
-
-
 def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
     # A random policy succeeds half of the time, so a bar of 0.3 moves on at every row.
     run_dir = train(tmp_path, "--length", "24", "--min-length", "24", "--curriculum-start", "3",
@@ -178,8 +149,6 @@ def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
         (["--length", "50", "--min-length", "20", "--curriculum-start", "10"],
          "--curriculum-start must be in [20, 50]"),
         (["--ent-coef", "0", "--ent-coef-final", "0.01"], "--ent-coef-final needs --ent-coef"),
-        (["--length", "10", "--curriculum-fixed-final", "True"],
-         "--curriculum-fixed-final needs a length curriculum with random lengths"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):
