@@ -161,6 +161,12 @@ class Args:
     --curriculum-start LENGTH turns it off."""
     curriculum_success: PresetFloat = None
     """Corridor: success rate over a logging interval that moves the curriculum on."""
+    curriculum_full_fraction: PresetFloat = None
+    """Corridor curriculum with random lengths: once the full length is reached, this share
+    of the episodes has exactly the full length (the rest stay random)."""
+    span_lr_scale_final: PresetFloat = None
+    """With a length curriculum: the span learning-rate multiplier once the full length is
+    reached (before: --span-lr-scale)."""
     bootstrap_truncated: PresetBool = None
     """Bootstrap a time-limited episode from its value (True), or count the time-out as the
     episode's end with nothing more to come (False: the corridor preset, where a time-out is
@@ -211,6 +217,8 @@ class LearnerConfig:
     adv_std_floor: float = 0.02
     curriculum_start: int | None = None
     curriculum_success: float = 0.9
+    curriculum_full_fraction: float = 0.0
+    span_lr_scale_final: float | None = None
     rho_clip: float = 1.0
     c_clip: float = 1.0
     bootstrap_truncated: bool = True
@@ -454,6 +462,8 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
         "max_grad_norm": (0.0, math.inf, True),
         "adv_std_floor": (0.0, 100.0, False),
         "curriculum_success": (0.0, 1.0, True),
+        "curriculum_full_fraction": (0.0, 1.0, False),
+        "span_lr_scale_final": (0.0, 100.0, False),
         "rho_clip": (0.0, math.inf, True),
         "c_clip": (0.0, math.inf, True),
     }
@@ -505,6 +515,17 @@ def resolve(args: Args) -> TrainConfig:
     learner = resolve_learner(args, preset_learner)
     if learner.curriculum_start is not None:
         _check_curriculum(learner.curriculum_start, env_name, env_kwargs)
+    _check(
+        learner.curriculum_start is not None or learner.span_lr_scale_final is None,
+        "--span-lr-scale-final needs a length curriculum (--curriculum-start)",
+    )
+    _check(
+        not learner.curriculum_full_fraction
+        or (learner.curriculum_start is not None
+            and env_kwargs.get("min_length", 0) < env_kwargs.get("length", 0)),
+        "--curriculum-full-fraction needs a length curriculum with random lengths "
+        "(--curriculum-start, and --min-length below --length)",
+    )  # fmt: skip
     for name in ("log_interval", "checkpoint_interval"):
         value = getattr(args, name)
         _check(value is None or value >= 1, f"{_flag(name)} must be >= 1, got {value}")

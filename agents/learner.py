@@ -52,6 +52,12 @@ class Learner(abc.ABC):
         self.ent_coef = config.ent_coef  # the trainer moves it with a length curriculum
         self.generator = torch.Generator().manual_seed(seed)  # minibatch order
 
+    def set_span_lr_scale(self, scale: float) -> None:
+        """Move the span predictors' base learning rate to ``scale`` x the main one."""
+        for index, group in enumerate(self.optimizer.param_groups):
+            if group.get("name") == "span":
+                self.base_lrs[index] = self.config.learning_rate * scale
+
     def set_learning_rate(self) -> float:
         """Anneal linearly from the base rate to 0 over the run; return the main rate."""
         fraction = 1.0

@@ -101,7 +101,7 @@ class Trainer:
         self.global_step, self.wall_offset = 0, 0.0
         if resume:
             self._restore(run_dir.load_checkpoint(device=str(self.device)))
-        self._set_entropy_coef()  # the (restored) curriculum stage's
+        self._set_stage_settings()  # the (restored) curriculum stage's
         self.progress_enabled = progress
 
     # -- checkpoints ---------------------------------------------------------
@@ -203,15 +203,25 @@ class Trainer:
             return True
         longest, length = int(self.env.longest), self.config.env_kwargs["length"]
         if longest < length and row["success_rate"] >= self.config.learner.curriculum_success:
-            self.env.set_longest(min(2 * longest, length))
-            self._set_entropy_coef()
+            longest = min(2 * longest, length)
+            full_fraction = self.config.learner.curriculum_full_fraction
+            self.env.set_longest(longest, full_fraction if longest == length else 0.0)
+            self._set_stage_settings()
+            return False
         return longest == length
 
-    def _set_entropy_coef(self) -> None:
-        """The learner's entropy coefficient for the curriculum's current stage."""
-        if self.curriculum:
-            self.learner.ent_coef = self.config.learner.entropy_coef(
-                int(self.env.longest), self.config.env_kwargs["length"]
+    def _set_stage_settings(self) -> None:
+        """The learner's entropy coefficient and span learning rate for the curriculum's
+        current stage."""
+        if not self.curriculum:
+            return
+        config = self.config.learner
+        longest, length = int(self.env.longest), self.config.env_kwargs["length"]
+        self.learner.ent_coef = config.entropy_coef(longest, length)
+        if config.span_lr_scale_final is not None:
+            final = longest == length
+            self.learner.set_span_lr_scale(
+                config.span_lr_scale_final if final else config.span_lr_scale
             )
 
     def _log(self, row: dict[str, float], writer: Any) -> None:

@@ -139,6 +139,8 @@ class BatchedCorridor(BatchedEnv):
         # The longest episode drawn (a length curriculum lowers it, see `set_longest`); a
         # tensor, so that it is part of the env's state and costs no host sync.
         self.longest = torch.tensor(self.length, device=self.device)
+        # The share of random-length episodes that get exactly `longest` (see `set_longest`).
+        self.full_fraction = torch.tensor(0.0, device=self.device)
         super().__init__(num_envs, self.config.max_steps, device, seed)
         self.table = self._build_table()
 
@@ -164,6 +166,9 @@ class BatchedCorridor(BatchedEnv):
         if self.config.min_length < self.length:  # only then: fixed lengths keep their stream
             uniforms = torch.rand(count, generator=self.generator, device=self.device)
             episode_length = self.config.draw_lengths(uniforms, self.longest)
+            # The draws that would have been the shortest become the longest.
+            full = uniforms < self.full_fraction
+            episode_length = torch.where(full, self.longest, episode_length)
         else:
             episode_length = self.longest.expand_as(kind).clone()
         return {
@@ -174,12 +179,16 @@ class BatchedCorridor(BatchedEnv):
             "right_turn": self.kind_turns[kind],
         }
 
-    def set_longest(self, longest: int) -> None:
+    def set_longest(self, longest: int, full_fraction: float = 0.0) -> None:
         """Draw the next episodes' lengths up to ``longest`` only (``min_length`` ..
         ``length``; a fixed-length corridor then has exactly that length): a training
-        curriculum. Episodes under way keep theirs."""
+        curriculum. With random lengths, a share ``full_fraction`` of the episodes is
+        exactly ``longest`` long (no extra random draws). Episodes under way keep theirs."""
         check_int("longest", longest, self.config.shortest_longest, self.length)
+        if not 0.0 <= full_fraction <= 1.0:
+            raise ValueError(f"full_fraction must be in [0, 1], got {full_fraction}")
         self.longest = torch.tensor(int(longest), device=self.device)
+        self.full_fraction = torch.tensor(float(full_fraction), device=self.device)
 
     # The colours are kept packed in one key (the table lookup needs only it).
     @property

@@ -190,3 +190,21 @@ def test_set_longest_caps_the_next_episodes(min_length):
     assert lengths == {12} if min_length is None else len(lengths) > 3
     with pytest.raises(ValueError, match="longest"):
         env.set_longest(101)
+
+
+def test_full_fraction_turns_the_shortest_draws_into_full_length_episodes():
+    """The same seed draws the same layouts; with ``full_fraction`` f the shortest share f
+    of the random lengths becomes the full length, and nothing else changes."""
+    lengths = {}
+    for fraction in (0.0, 0.25):
+        env = envs.make_batched("corridor", 4096, seed=6, length=100, min_length=5)
+        env.set_longest(100, full_fraction=fraction)
+        env.reset(seed=6)
+        lengths[fraction] = env.episode_length.clone()
+    plain, mixed = lengths[0.0], lengths[0.25]
+    replaced = mixed != plain
+    assert (mixed[replaced] == 100).all()
+    assert 0.2 < (mixed == 100).float().mean() < 0.3
+    assert plain[replaced].max() <= plain.float().quantile(0.3)  # the shortest were replaced
+    with pytest.raises(ValueError, match="full_fraction"):
+        env.set_longest(100, full_fraction=1.5)

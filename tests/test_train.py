@@ -114,6 +114,33 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in checkpoint["policy"].values())
 
 
+def test_full_length_stage_settings_follow_the_curriculum(tmp_path):
+    """--curriculum-full-fraction and --span-lr-scale-final take effect when the curriculum
+    reaches the full length, not before, and a resumed run keeps them."""
+    from agents.config import Args, resolve
+
+    config = resolve(Args(env="corridor", length=24, min_length=5, curriculum_start=6,
+                          curriculum_full_fraction=0.25, span_lr_scale=0.03,
+                          span_lr_scale_final=0.1, num_envs=16, num_steps=16,
+                          total_steps=4096, threads=1))  # fmt: skip
+    trainer = Trainer(config, RunDir.create(tmp_path / "run", config), progress=False)
+
+    def stage(t: Trainer) -> tuple[int, float, float]:
+        span_rate = t.learner.base_lrs[1] / t.learner.base_lrs[0]
+        return int(t.env.longest), float(t.env.full_fraction), round(span_rate, 6)
+
+    stages = [stage(trainer)]
+    for success in (0.5, 0.95, 0.95, 0.95):
+        trainer._advance_curriculum({"success_rate": success})
+        stages.append(stage(trainer))
+    assert stages == [(6, 0.0, 0.03), (6, 0.0, 0.03), (12, 0.0, 0.03), (24, 0.25, 0.1),
+                      (24, 0.25, 0.1)]  # fmt: skip
+    trainer.save(0.0)
+    resumed = Trainer(RunDir.open(tmp_path / "run").config(), RunDir.open(tmp_path / "run"),
+                      resume=True, progress=False)  # fmt: skip
+    assert stage(resumed) == (24, 0.25, 0.1)
+
+
 def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
     # A random policy succeeds half of the time, so a bar of 0.3 moves on at every row.
     run_dir = train(tmp_path, "--length", "24", "--min-length", "24", "--curriculum-start", "3",
@@ -149,6 +176,11 @@ def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
         (["--length", "50", "--min-length", "20", "--curriculum-start", "10"],
          "--curriculum-start must be in [20, 50]"),
         (["--ent-coef", "0", "--ent-coef-final", "0.01"], "--ent-coef-final needs --ent-coef"),
+        (["--length", "10", "--span-lr-scale-final", "0.1"],
+         "--span-lr-scale-final needs a length curriculum"),
+        (["--length", "50", "--min-length", "50", "--curriculum-full-fraction", "0.25"],
+         "--curriculum-full-fraction needs a length curriculum with random lengths"),
+        (["--curriculum-full-fraction", "2"], "--curriculum-full-fraction must be in"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):
