@@ -222,3 +222,14 @@ def test_expire_span_solves_corridor_50(tmp_path):
     summary = json.loads((run_dir / "eval.json").read_text())
     assert summary["task"]["settings"]["min_length"] == 50
     assert summary["success_rate"] >= 0.95
+
+
+@pytest.mark.parametrize(("algo", "start", "final"), [("ppo", 0.03, 0.01),
+                                                       ("impala", 0.001, 0.0003)])
+def test_corridor_preset_sets_each_learners_entropy_and_flags_override_it(algo, start, final):
+    from agents.config import Args, resolve
+
+    learner = resolve(Args(env="corridor", length=100, algo=algo)).learner
+    assert (learner.ent_coef, learner.ent_coef_final) == (start, final)
+    learner = resolve(Args(env="corridor", length=100, algo=algo, ent_coef=0.02)).learner
+    assert learner.ent_coef == 0.02
