@@ -231,13 +231,13 @@ class MemoryPanel:
             strip[filled] = np.broadcast_to(column_color[None], (*filled.shape, 3))[filled]
             ticks = image[top + STRIP_HEIGHT + 1 : top + STRIP_HEIGHT + 1 + TICK_HEIGHT]
             salient_ages = self.step - salient_steps
-            kept = np.isin(salient_steps, steps) if self.kind != "lstm" else True
-            shade = np.where(kept, 1.0, 0.35)  # a cue still in memory is bright
+            # A cue still in memory is bright (the LSTM's strip covers every step).
+            shades = np.where(np.isin(salient_steps, steps), 1.0, 0.35)
             for step, low, high, scale in zip(
                 salient_steps,
                 self._x(salient_ages + 1, plot_width),
                 self._x(salient_ages, plot_width),
-                np.broadcast_to(shade, salient_steps.shape),
+                shades,
                 strict=True,
             ):
                 colour = (self.salient[step] * scale).astype(np.uint8)
