@@ -212,16 +212,33 @@ def test_expire_span_solves_corridor_50(tmp_path):
     import evaluate
 
     run_dir = tmp_path / "c50"
-    # The preset (random lengths from 5 and a curriculum from 10), stopped once the training
+    # The preset: random lengths from 5, a curriculum from 10, and a stop once the training
     # success over all lengths reaches 0.99 on the full range; then evaluated at length 50.
-    argv = ["--env", "corridor", "--length", "50", "--threads", "1",
-            "--target-success", "0.99", "--run-dir", str(run_dir)]  # fmt: skip
+    argv = ["--env", "corridor", "--length", "50", "--threads", "1", "--run-dir", str(run_dir)]
     assert train_rl.main(argv, progress=False) == 0
     assert float(rows(run_dir)[-1]["task_longest"]) == 50
     assert evaluate.main([str(run_dir), "--episodes", "500", "--threads", "1"]) == 0
     summary = json.loads((run_dir / "eval.json").read_text())
     assert summary["task"]["settings"]["min_length"] == 50
     assert summary["success_rate"] >= 0.95
+
+
+def test_the_corridor_preset_stops_once_solved_unless_told_to_train_on():
+    from agents.config import Args, ConfigError, resolve
+
+    def target(**flags) -> float | None:
+        return resolve(Args(**flags)).run.target_success
+
+    assert target(env="corridor", length=100) == 0.99
+    assert target(env="corridor", length=100, target_success=0.9) == 0.9
+    assert target(env="corridor", length=100, target_success=0.0) is None
+    # Flags that only act after the full length is reached turn the preset's stop off.
+    assert target(env="corridor", length=100, span_lr_scale_final=0.1) is None
+    assert target(env="corridor", length=100, curriculum_full_fraction=0.25) is None
+    assert target(env="portal") is None
+    with pytest.raises(ConfigError, match=r"--target-success must be in \[0, 1\] \(0: off\), "
+                                          r"got 1.5"):
+        resolve(Args(env="corridor", target_success=1.5))
 
 
 @pytest.mark.parametrize(("algo", "start", "final"), [("ppo", 0.03, 0.01),
