@@ -241,12 +241,16 @@ def test_the_corridor_preset_stops_once_solved_unless_told_to_train_on():
         resolve(Args(env="corridor", target_success=1.5))
 
 
-@pytest.mark.parametrize(("algo", "start", "final"), [("ppo", 0.03, 0.01),
-                                                       ("impala", 0.001, 0.0003)])
-def test_corridor_preset_sets_each_learners_entropy_and_flags_override_it(algo, start, final):
+@pytest.mark.parametrize(("algo", "start", "final", "rate"), [("ppo", 0.03, 0.01, 5e-4),
+                                                               ("impala", 0.001, 0.0003, 1e-4)])
+def test_corridor_preset_sets_each_learners_entropy_and_flags_override_it(
+    algo, start, final, rate
+):
     from agents.config import Args, resolve
 
     learner = resolve(Args(env="corridor", length=100, algo=algo)).learner
     assert (learner.ent_coef, learner.ent_coef_final) == (start, final)
-    learner = resolve(Args(env="corridor", length=100, algo=algo, ent_coef=0.02)).learner
-    assert learner.ent_coef == 0.02
+    assert learner.learning_rate == rate
+    flags = {"ent_coef": 0.02, "learning_rate": 3e-4}
+    learner = resolve(Args(env="corridor", length=100, algo=algo, **flags)).learner
+    assert (learner.ent_coef, learner.learning_rate) == (0.02, 3e-4)
