@@ -8,6 +8,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,9 +18,13 @@ from agents.config import Args, ConfigError, TrainConfig, resolve
 from agents.learner import NonFiniteLossError
 from agents.run_dir import RunDir, RunDirError, default_name
 
+RESUME_OVERRIDES = ("threads", "target_success")
+"""Flags a resumed run may change: neither alters what the run computes up to now."""
 
-def check_resume_flags(args: Args, run_config: TrainConfig) -> None:
-    """Flags given with --resume must agree with the run: a mismatch is an error."""
+
+def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
+    """Flags given with --resume must agree with the run (a mismatch is an error), apart from
+    `RESUME_OVERRIDES`, which the returned config takes on."""
     defaults = Args()
     run_values = {
         "env": run_config.env,
@@ -35,6 +40,25 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> None:
             mismatches.append(f"--{name.replace('_', '-')} {value} (the run has {expected})")
     if mismatches:
         raise ConfigError(f"mismatched run directory {args.resume}: " + "; ".join(mismatches))
+    fixed = [
+        f"--{field.name.replace('_', '-')}" for field in dataclasses.fields(Args)
+        if field.name not in (*run_values, *RESUME_OVERRIDES, "resume")
+        and getattr(args, field.name) != getattr(defaults, field.name)
+    ]  # fmt: skip
+    if fixed:
+        raise ConfigError(
+            f"{', '.join(fixed)} cannot be given with --resume {args.resume}: its config.json "
+            "fixes them (only --threads and --target-success may change on resume)"
+        )
+    run = run_config.run
+    if args.threads is not None:
+        run = dataclasses.replace(run, threads=args.threads)
+    if args.target_success is not None:
+        if not 0.0 <= args.target_success <= 1.0:
+            raise ConfigError(
+                f"--target-success must be in [0, 1] (0: off), got {args.target_success}")
+        run = dataclasses.replace(run, target_success=args.target_success or None)
+    return dataclasses.replace(run_config, run=run)
 
 
 def main(argv: list[str] | None = None, progress: bool = True) -> int:
@@ -43,9 +67,10 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
     try:
         if args.resume is not None:
             run_dir = RunDir.open(args.resume)
-            config = run_dir.config()
-            check_resume_flags(args, config)
+            config = check_resume_flags(args, run_dir.config())
             run_dir.load_checkpoint()  # fail early on a missing or corrupt checkpoint
+            if config != run_dir.config():
+                run_dir.write_config(config)
             resume = True
         else:
             config = resolve(args)

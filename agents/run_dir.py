@@ -111,7 +111,7 @@ class RunDir:
                 "or choose another --run-dir"
             )
         run.checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run.config_path, json.dumps(config.to_dict(), indent=2).encode())
+        run.write_config(config)
         return run
 
     @classmethod
@@ -123,6 +123,10 @@ class RunDir:
         if not run.config_path.is_file():
             raise RunDirError(f"{run.path} is not a run directory (no config.json)")
         return run
+
+    def write_config(self, config: TrainConfig) -> None:
+        """Replace config.json atomically (a resume that changes --threads or --target-success)."""
+        atomic_write_bytes(self.config_path, json.dumps(config.to_dict(), indent=2).encode())
 
     def config(self) -> TrainConfig:
         try:

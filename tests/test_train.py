@@ -193,11 +193,25 @@ def test_resume_refuses_corrupt_checkpoints_and_mismatched_flags(tmp_path, capsy
     run_dir = train(tmp_path, "--total-steps", "256")
     assert train_rl.main(["--resume", str(run_dir), "--length", "9"], progress=False) == 2
     assert "mismatched run directory" in capsys.readouterr().err
+    # Flags the run's config fixes are refused, not silently ignored.
+    argv = ["--resume", str(run_dir), "--learning-rate", "0.1", "--total-steps", "512"]
+    assert train_rl.main(argv, progress=False) == 2
+    assert ("--total-steps, --learning-rate cannot be given with --resume"
+            in capsys.readouterr().err)  # fmt: skip
     (run_dir / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
     assert train_rl.main(["--resume", str(run_dir)], progress=False) == 2
     assert "is corrupt" in capsys.readouterr().err
     assert train_rl.main(["--resume", str(tmp_path)], progress=False) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_resume_may_change_the_stop_and_the_threads_and_records_them(tmp_path):
+    run_dir = train(tmp_path, "--total-steps", "256", "--target-success", "0.5")
+    assert RunDir.open(run_dir).config().run.target_success == 0.5
+    argv = ["--resume", str(run_dir), "--target-success", "0", "--threads", "1"]
+    assert train_rl.main(argv, progress=False) == 0
+    run = RunDir.open(run_dir).config().run
+    assert (run.target_success, run.threads) == (None, 1)
 
 
 def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
