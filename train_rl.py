@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tyro
 
-from agents.config import Args, ConfigError, TrainConfig, resolve
+from agents.config import Args, ConfigError, TrainConfig, check_target_success, resolve
 from agents.learner import NonFiniteLossError
 from agents.run_dir import RunDir, RunDirError, default_name
 
@@ -54,9 +54,7 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
     if args.threads is not None:
         run = dataclasses.replace(run, threads=args.threads)
     if args.target_success is not None:
-        if not 0.0 <= args.target_success <= 1.0:
-            raise ConfigError(
-                f"--target-success must be in [0, 1] (0: off), got {args.target_success}")
+        check_target_success(args.target_success)
         run = dataclasses.replace(run, target_success=args.target_success or None)
     return dataclasses.replace(run_config, run=run)
 

@@ -526,6 +526,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_target_success(value: float | None) -> None:
+    """``--target-success`` is off (None or 0) or a success rate in (0, 1]."""
+    _check(value is None or 0.0 <= value <= 1.0,
+           f"--target-success must be in [0, 1] (0: off), got {value}")  # fmt: skip
+
+
 def resolve(args: Args) -> TrainConfig:
     """The complete config of a new run from the command line (raises ConfigError)."""
     env_name, env_kwargs = resolve_env(args)
@@ -551,13 +557,11 @@ def resolve(args: Args) -> TrainConfig:
     _check(
         args.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}"
     )
-    _check(
-        args.target_success is None or 0.0 <= args.target_success <= 1.0,
-        f"--target-success must be in [0, 1] (0: off), got {args.target_success}",
-    )
+    check_target_success(args.target_success)
     target = args.target_success
-    if target is None and env_name == "corridor" and learner.span_lr_scale_final is None \
-            and not learner.curriculum_full_fraction:
+    trains_past_full = (learner.span_lr_scale_final is not None
+                        or bool(learner.curriculum_full_fraction))  # fmt: skip
+    if target is None and env_name == "corridor" and not trains_past_full:
         # Measured on corridor 1000, seeds 1-3: stopping at the first interval at 0.99 on
         # the full length (0.9-1.4M steps, 5-6 min with 3 runs on 2 cores) scored 1.000 over
         # 1000 episodes for all three; training on to 2.5M let seed 3 forget a cue colour
