@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tyro
 
-from agents.config import Args, ConfigError, TrainConfig, check_target_success, resolve
+from agents.config import Args, ConfigError, TrainConfig, check_run_overrides, resolve
 from agents.learner import NonFiniteLossError
 from agents.run_dir import RunDir, RunDirError, default_name
 
@@ -46,15 +46,16 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
         and getattr(args, field.name) != getattr(defaults, field.name)
     ]  # fmt: skip
     if fixed:
+        allowed = " and ".join(f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES)
         raise ConfigError(
             f"{', '.join(fixed)} cannot be given with --resume {args.resume}: its config.json "
-            "fixes them (only --threads and --target-success may change on resume)"
+            f"fixes them (only {allowed} may change on resume)"
         )
+    check_run_overrides(args)
     run = run_config.run
     if args.threads is not None:
         run = dataclasses.replace(run, threads=args.threads)
     if args.target_success is not None:
-        check_target_success(args.target_success)
         run = dataclasses.replace(run, target_success=args.target_success or None)
     return dataclasses.replace(run_config, run=run)
 
@@ -65,9 +66,10 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
     try:
         if args.resume is not None:
             run_dir = RunDir.open(args.resume)
-            config = check_resume_flags(args, run_dir.config())
+            stored = run_dir.config()
+            config = check_resume_flags(args, stored)
             run_dir.load_checkpoint()  # fail early on a missing or corrupt checkpoint
-            if config != run_dir.config():
+            if config != stored:
                 run_dir.write_config(config)
             resume = True
         else:

@@ -526,10 +526,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_target_success(value: float | None) -> None:
-    """``--target-success`` is off (None or 0) or a success rate in (0, 1]."""
-    _check(value is None or 0.0 <= value <= 1.0,
-           f"--target-success must be in [0, 1] (0: off), got {value}")  # fmt: skip
+def check_run_overrides(args: Args) -> None:
+    """Check the flags a resume may change as well as a new run: ``--threads`` and
+    ``--target-success`` (off as 0, or a success rate in (0, 1])."""
+    _check(args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
+    _check(args.target_success is None or 0.0 <= args.target_success <= 1.0,
+           f"--target-success must be in [0, 1] (0: off), got {args.target_success}")  # fmt: skip
 
 
 def resolve(args: Args) -> TrainConfig:
@@ -557,7 +559,7 @@ def resolve(args: Args) -> TrainConfig:
     _check(
         args.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}"
     )
-    check_target_success(args.target_success)
+    check_run_overrides(args)
     target = args.target_success
     trains_past_full = (learner.span_lr_scale_final is not None
                         or bool(learner.curriculum_full_fraction))  # fmt: skip
@@ -567,7 +569,6 @@ def resolve(args: Args) -> TrainConfig:
         # 1000 episodes for all three; training on to 2.5M let seed 3 forget a cue colour
         # (0.76) while the spans came down only slowly (50 % of memories alive either way).
         target = CORRIDOR_TARGET_SUCCESS
-    _check(args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
     run = RunConfig(
         seed=args.seed,
         device=resolve_device(args.device),

@@ -198,6 +198,9 @@ def test_resume_refuses_corrupt_checkpoints_and_mismatched_flags(tmp_path, capsy
     assert train_rl.main(argv, progress=False) == 2
     assert ("--total-steps, --learning-rate cannot be given with --resume"
             in capsys.readouterr().err)  # fmt: skip
+    # The flags a resume may change are checked as for a new run.
+    assert train_rl.main(["--resume", str(run_dir), "--threads", "0"], progress=False) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
     (run_dir / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
     assert train_rl.main(["--resume", str(run_dir)], progress=False) == 2
     assert "is corrupt" in capsys.readouterr().err
