@@ -18,7 +18,7 @@ from agents.config import Args, ConfigError, TrainConfig, check_run_overrides, r
 from agents.learner import NonFiniteLossError
 from agents.run_dir import RunDir, RunDirError, default_name
 
-RESUME_OVERRIDES = ("threads", "target_success")
+RESUME_OVERRIDES = ("threads", "target_success", "target_alive")
 """Flags a resumed run may change: neither alters what the run computes up to now."""
 
 
@@ -46,7 +46,8 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
         and getattr(args, field.name) != getattr(defaults, field.name)
     ]  # fmt: skip
     if fixed:
-        allowed = " and ".join(f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES)
+        names = [f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES]
+        allowed = f"{', '.join(names[:-1])} and {names[-1]}"
         raise ConfigError(
             f"{', '.join(fixed)} cannot be given with --resume {args.resume}: its config.json "
             f"fixes them (only {allowed} may change on resume)"
@@ -57,6 +58,8 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
         run = dataclasses.replace(run, threads=args.threads)
     if args.target_success is not None:
         run = dataclasses.replace(run, target_success=args.target_success or None)
+    if args.target_alive is not None:
+        run = dataclasses.replace(run, target_alive=args.target_alive or None)
     return dataclasses.replace(run_config, run=run)
 
 

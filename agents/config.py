@@ -188,6 +188,10 @@ class Args:
     """Stop once an interval's success rate reaches this on the full task (after the
     curriculum's last doubling); 0 trains for all of --total-steps. Corridor preset: 0.99,
     unless --span-lr-scale-final or --curriculum-full-fraction asks for training past it."""
+    target_alive: PresetFloat = None
+    """With --target-success: stop only once the interval's mean alive memories per layer is
+    also at most this many (0: no memory condition). Corridor preset with Expire-Span: 3 %
+    of the length for corridors of 500 cells or more."""
     threads: ThreadCount = None
     """CPU threads for torch (1 is often fastest on a small shared machine)."""
 
@@ -245,6 +249,7 @@ class RunConfig:
     checkpoint_interval: int = 50
     keep_checkpoints: int = 3
     target_success: float | None = None
+    target_alive: float | None = None
     threads: int | None = None
 
 
@@ -319,6 +324,16 @@ def preset(
                 curriculum_start=max(10, min_length) if min_length < length else 10,
                 ent_coef=0.03, ent_coef_final=0.01,
             )  # fmt: skip
+        if length >= LONG_CORRIDOR:
+            # Few alive memories, measured on corridor 1000 (seeds 1-3, 3M steps each): at
+            # span lr x0.03 the spans hardly separate (about 50 % of the memories alive at
+            # the end); at x0.1 the corridor's spans fall to 40-90 while the cue's stay
+            # above the length, but one seed of 3 let both cue spans fall below it (0.508);
+            # x0.1 with R = 8 scored 0.998-1.000 for all three with 20-38 memories alive
+            # (2-4 %). The stop then also waits for 3 % of the length alive (see
+            # corridor_target_alive).
+            learner.update(span_lr_scale=0.1, total_steps=max(2_000_000, 3_000 * length))
+            policy_kwargs.update(ramp_length=8)
         if algo == "impala":
             # IMPALA's policy gradient uses the raw V-trace advantages (PPO normalises them),
             # so PPO's entropy bonus swamps it. Measured, seed 1: corridor 5 at entropy 0.01
@@ -346,6 +361,7 @@ def preset(
         policy_kwargs.update(max_span=512)
     if policy != "expire_span":
         policy_kwargs.pop("max_span", None)
+        policy_kwargs.pop("ramp_length", None)
     return learner, policy_kwargs
 
 
@@ -354,6 +370,20 @@ CORRIDOR_TARGET_SUCCESS = 0.99
 
 CURRICULUM_FROM = 20
 """Corridors at least this long train with the preset's random lengths and curriculum."""
+
+LONG_CORRIDOR = 500
+"""Corridors at least this long get the preset's recipe for few alive memories (measured at
+length 1000; shorter corridors keep the recipe measured at 50-200)."""
+
+CORRIDOR_TARGET_ALIVE = 0.03
+"""Expire-Span on a long corridor: the preset's stop also waits for the mean alive memories
+per layer to fall to this fraction of the length."""
+
+
+def corridor_target_alive(length: int) -> float | None:
+    """The corridor preset's --target-alive: 3 % of a long corridor, none below LONG_CORRIDOR
+    (there the floor of about span + R alive memories is a large share of the length)."""
+    return CORRIDOR_TARGET_ALIVE * length if length >= LONG_CORRIDOR else None
 
 
 def corridor_min_length(length: int, view_size: int) -> int:
@@ -527,11 +557,16 @@ def resolve_device(device: str) -> str:
 
 
 def check_run_overrides(args: Args) -> None:
-    """Check the flags a resume may change as well as a new run: ``--threads`` and
-    ``--target-success`` (off as 0, or a success rate in (0, 1])."""
+    """Check the flags a resume may change as well as a new run: ``--threads``,
+    ``--target-success`` (off as 0, or a success rate in (0, 1]) and ``--target-alive`` (off
+    as 0, or a number of memories)."""
     _check(args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
     _check(args.target_success is None or 0.0 <= args.target_success <= 1.0,
            f"--target-success must be in [0, 1] (0: off), got {args.target_success}")  # fmt: skip
+    _check(
+        args.target_alive is None or 0.0 <= args.target_alive < math.inf,
+        f"--target-alive must be a number of memories >= 0 (0: off), got {args.target_alive}",
+    )
 
 
 def resolve(args: Args) -> TrainConfig:
@@ -569,6 +604,18 @@ def resolve(args: Args) -> TrainConfig:
         # 1000 episodes for all three; training on to 2.5M let seed 3 forget a cue colour
         # (0.76) while the spans came down only slowly (50 % of memories alive either way).
         target = CORRIDOR_TARGET_SUCCESS
+    alive = args.target_alive
+    if (alive is None and target and env_name == "corridor" and args.policy == "expire_span"
+            and not trains_past_full):
+        alive = corridor_target_alive(env_kwargs["length"])
+    _check(
+        not alive or bool(target),
+        f"--target-alive {alive} needs a success target to stop at (--target-success)",
+    )
+    _check(
+        not alive or args.policy != "lstm",
+        f"--target-alive needs a policy with memories (expire_span or trxl), not {args.policy}",
+    )
     run = RunConfig(
         seed=args.seed,
         device=resolve_device(args.device),
@@ -576,6 +623,7 @@ def resolve(args: Args) -> TrainConfig:
         checkpoint_interval=args.checkpoint_interval or RunConfig.checkpoint_interval,
         keep_checkpoints=args.keep_checkpoints,
         target_success=target or None,
+        target_alive=alive or None,
         threads=args.threads,
     )
     return TrainConfig(env_name, env_kwargs, args.policy, policy_kwargs, learner, run)

@@ -141,7 +141,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        """Train until ``total_steps`` (or ``target_success``); return the last metrics row."""
+        """Train until ``total_steps`` (or the run's targets); return the last metrics row."""
         from torch.utils.tensorboard import SummaryWriter
 
         config, learner = self.config, self.learner
@@ -180,8 +180,7 @@ class Trainer:
                     progress.log(row)
                     last_row = row
                     full_task = self._advance_curriculum(row)
-                    target = config.run.target_success
-                    stop = full_task and target is not None and row["success_rate"] >= target
+                    stop = full_task and self._reached_targets(row)
                 if update % config.run.checkpoint_interval == 0 or last or stop:
                     self.save(wall)
                 if stop:
@@ -191,6 +190,14 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return last_row
+
+    def _reached_targets(self, row: dict[str, float]) -> bool:
+        """Whether an interval on the full task meets --target-success (and --target-alive,
+        when set: a policy without memories logs NaN alive memories and never meets it)."""
+        success, alive = self.config.run.target_success, self.config.run.target_alive
+        if success is None or row["success_rate"] < success:
+            return False
+        return alive is None or row["mem_alive_mean"] <= alive
 
     def _longest(self) -> float:
         longest = getattr(self.env, "longest", None)
