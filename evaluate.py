@@ -190,11 +190,20 @@ def report(summary: dict[str, Any]) -> list[tuple[str, str]]:
             ("mean return", f"{_format(summary['mean_return'])} ± "
                             f"{_format(summary['std_return'])} (std)"),
             ("mean length", _format(summary["mean_length"], 1)),
+            ("timed out", _format(summary["timeout_rate"])),
             ("memories alive", f"mean {_format(summary['mem_alive_mean'], 1)}, "
                                f"max {_format(summary['mem_alive_max'], 0)}"),
         ]  # fmt: skip
         for key, value in summary["counters"].items():
             rows.append((key.replace("_", " "), _format(value)))
+        oracle = summary.get("oracle")
+        if summary["deterministic"] and summary["timeout_rate"] and oracle and (
+            oracle["timeout_rate"] == 0
+        ):
+            # The oracle finishes every episode in time, so the policy's time-outs may be a
+            # greedy loop: repeating a no-op for ever where the sampled policy moves on.
+            rows.append(("note", "greedy actions can loop until the time limit where sampled "
+                                 "ones move on: --stochastic samples from the policy"))  # fmt: skip
     oracle = summary.get("oracle")
     if oracle:
         counters = "".join(f", {k} {_format(v)}" for k, v in oracle["counters"].items())
@@ -253,7 +262,7 @@ def evaluate_episodes(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
     if args.oracle and loaded.config.env in envs.TASKS:  # gym ids have no oracle
         oracle_env = loaded.make_env(num_envs, args.seed)
         oracle = evaluate(oracle_env, OracleAgent(oracle_env), args.episodes, seed=args.seed)
-        keys = ("success_rate", "mean_return", "mean_length", "counters")
+        keys = ("success_rate", "mean_return", "mean_length", "timeout_rate", "counters")
         result["oracle"] = {key: oracle.to_dict()[key] for key in keys}
     return result
 

@@ -143,6 +143,8 @@ class EvalResult:
     mean_return: float
     std_return: float
     mean_length: float
+    timeout_rate: float
+    """Share of the episodes cut off by the time limit (truncated, not terminated)."""
     mem_alive_mean: float
     """Memories alive per env and layer, mean over the counted steps (NaN without memories)."""
     mem_alive_max: float
@@ -176,8 +178,8 @@ class EpisodeTally:
     """Sums over the counted episodes and steps of an evaluation, kept on the device."""
 
     def __init__(self, device: torch.device):
-        # success, return, return², length: sums over counted episodes.
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        # success, return, return², length, time-outs: sums over counted episodes.
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)
         self.counters: dict[str, Tensor] = {}
         # alive memories: sum and count of (env, layer) entries at counted steps, and max.
         self.alive = torch.zeros(2, dtype=torch.float64, device=device)
@@ -191,8 +193,9 @@ class EpisodeTally:
         masked = torch.where(counting[:, None], alive, -math.inf)  # [B, L]
         self.alive_max = torch.maximum(self.alive_max, masked.max())
 
-    def add_episodes(self, counted: Tensor, info: dict[str, Tensor]) -> None:
-        """Add the episodes that ended where ``counted`` [B] is true."""
+    def add_episodes(self, counted: Tensor, info: dict[str, Tensor], timed_out: Tensor) -> None:
+        """Add the episodes that ended where ``counted`` [B] is true; ``timed_out`` [B] marks
+        those cut off by the time limit."""
         counted = counted.to(torch.float64)
         episode_return = info["episode_return"].to(torch.float64)
         self.sums += torch.stack([
@@ -200,6 +203,7 @@ class EpisodeTally:
             (episode_return * counted).sum(),
             (episode_return.square() * counted).sum(),
             (info["episode_length"].to(torch.float64) * counted).sum(),
+            (timed_out.to(torch.float64) * counted).sum(),
         ])  # fmt: skip
         for key, value in info.items():
             if key not in BASE_INFO_KEYS and value.shape == counted.shape:
@@ -208,7 +212,7 @@ class EpisodeTally:
 
     def result(self, episodes: int, num_envs: int, env_steps: int, seconds: float) -> EvalResult:
         """Read the sums (the one host synchronisation of the evaluation's statistics)."""
-        successes, return_sum, return_sq, length_sum = self.sums.tolist()
+        successes, return_sum, return_sq, length_sum, timeouts = self.sums.tolist()
         mean_return = return_sum / episodes
         means = {key: value.item() / episodes for key, value in self.counters.items()}
         if "instructions_carried" in self.counters and "instructions_resolved" in self.counters:
@@ -223,6 +227,7 @@ class EpisodeTally:
             mean_return=mean_return,
             std_return=math.sqrt(max(return_sq / episodes - mean_return**2, 0.0)),
             mean_length=length_sum / episodes,
+            timeout_rate=timeouts / episodes,
             mem_alive_mean=alive_sum / alive_count if alive_count else math.nan,
             mem_alive_max=self.alive_max.item() if alive_count else math.nan,
             counters=means,
@@ -261,7 +266,7 @@ def evaluate(
             tally.add_memory(step.memory_alive, counting)
         obs, _, terminated, truncated, info = env.step(step.actions)
         done = terminated | truncated
-        tally.add_episodes(done & counting, info)
+        tally.add_episodes(done & counting, info, truncated & ~terminated)
         finished += done.long()
         episode_starts = done
         steps += 1

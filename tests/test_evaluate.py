@@ -119,6 +119,9 @@ def test_oracle_scores_one_through_the_evaluator(name, kwargs):
     assert result.success_ci95[1] == 1.0 and result.success_ci95[0] > 0.7
     if name == "corridor":
         assert result.mean_return == 1.0 and result.mean_length == 8
+        assert result.timeout_rate == 0.0
+    if name != "corridor":  # these tasks run until their time limit
+        assert result.timeout_rate == 1.0
     if name == "portal":
         assert result.counters["goals"] == result.mean_return == 60 // (2 * 4)
         assert result.counters["wrong_after_first_goal"] == 0
@@ -235,3 +238,20 @@ def test_cli_process_exits_2_without_traceback(tmp_path):
         result.stderr
     )
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+class StandStill:
+    """Turns in the corridor (a no-op there) for ever, as a greedy policy can."""
+
+    def initial_state(self, num_envs, device):
+        return None
+
+    def act(self, obs, state, episode_starts):
+        actions = torch.zeros(len(episode_starts), dtype=torch.long)
+        return ActionStep(actions, None, None)
+
+
+def test_episodes_cut_off_by_the_time_limit_are_counted_as_timed_out():
+    env = envs.make_batched("corridor", 4, seed=1, length=5, max_steps=9)
+    result = evaluate(env, StandStill(), episodes=8, seed=1)
+    assert (result.timeout_rate, result.success_rate, result.mean_length) == (1.0, 0.0, 9.0)
