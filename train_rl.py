@@ -9,6 +9,7 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -63,6 +64,21 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(run_config, run=run)
 
 
+def target_outcome(config: TrainConfig, row: dict[str, float], reached: bool) -> str:
+    """One line on whether a run with --target-success stopped at its targets."""
+    run = config.run
+    targets = f"success >= {run.target_success:g}"
+    if run.target_alive is not None:
+        targets += f" with at most {run.target_alive:g} memories alive"
+    if reached:
+        return f"stopped at step {int(row['global_step'])}: {targets} on the full task"
+    last = f"success {row.get('success_rate', math.nan):.3f}"
+    if run.target_alive is not None:
+        last += f", {row.get('mem_alive_mean', math.nan):.1f} alive"
+    return (f"note: used all {config.learner.total_steps} steps without reaching {targets} "
+            f"on the full task (last interval: {last}); evaluate the run before relying on it")
+
+
 def main(argv: list[str] | None = None, progress: bool = True) -> int:
     """Run the CLI; returns the process exit status."""
     args = tyro.cli(Args, args=argv, description=__doc__.splitlines()[0])
@@ -84,7 +100,9 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
 
         trainer = Trainer(config, run_dir, resume=resume, progress=progress)
         print(f"run directory: {run_dir.path}", flush=True)
-        trainer.run()
+        row = trainer.run()
+        if config.run.target_success is not None:
+            print(target_outcome(config, row, trainer.reached_targets), flush=True)
     except (ConfigError, RunDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -188,10 +188,9 @@ class Args:
     """Stop once an interval's success rate reaches this on the full task (after the
     curriculum's last doubling); 0 trains for all of --total-steps. Corridor preset: 0.99,
     unless --span-lr-scale-final or --curriculum-full-fraction asks for training past it."""
-    target_alive: PresetFloat = None
+    target_alive: float | None = None
     """With --target-success: stop only once the interval's mean alive memories per layer is
-    also at most this many (0: no memory condition). Corridor preset with Expire-Span: 3 %
-    of the length for corridors of 500 cells or more."""
+    also at most this many (default and 0: no memory condition)."""
     threads: ThreadCount = None
     """CPU threads for torch (1 is often fastest on a small shared machine)."""
 
@@ -324,16 +323,11 @@ def preset(
                 curriculum_start=max(10, min_length) if min_length < length else 10,
                 ent_coef=0.03, ent_coef_final=0.01,
             )  # fmt: skip
-        if length >= LONG_CORRIDOR:
-            # Few alive memories, measured on corridor 1000 (seeds 1-3, 3M steps each): at
-            # span lr x0.03 the spans hardly separate (about 50 % of the memories alive at
-            # the end); at x0.1 the corridor's spans fall to 40-90 while the cue's stay
-            # above the length, but one seed of 3 let both cue spans fall below it (0.508);
-            # x0.1 with R = 8 scored 0.998-1.000 for all three with 20-38 memories alive
-            # (2-4 %). The stop then also waits for 3 % of the length alive (see
-            # corridor_target_alive).
-            learner.update(span_lr_scale=0.1, total_steps=max(2_000_000, 3_000 * length))
-            policy_kwargs.update(ramp_length=8)
+        # Few memories alive is opt-in, not the preset (measured on corridor 1000): span lr
+        # x0.1 with R = 8 over 3M steps, stopping at 0.99 with at most 30 memories alive
+        # (--target-alive 30), left about 3 % of the length alive at 1.000 in 5 runs of 6;
+        # the sixth let both cue spans fall below the length during the curriculum
+        # (0.503). The preset's x0.03 and R = 16 scored 1.000 in 6 of 6, 50 % alive.
         if algo == "impala":
             # IMPALA's policy gradient uses the raw V-trace advantages (PPO normalises them),
             # so PPO's entropy bonus swamps it. Measured, seed 1: corridor 5 at entropy 0.01
@@ -361,7 +355,6 @@ def preset(
         policy_kwargs.update(max_span=512)
     if policy != "expire_span":
         policy_kwargs.pop("max_span", None)
-        policy_kwargs.pop("ramp_length", None)
     return learner, policy_kwargs
 
 
@@ -370,21 +363,6 @@ CORRIDOR_TARGET_SUCCESS = 0.99
 
 CURRICULUM_FROM = 20
 """Corridors at least this long train with the preset's random lengths and curriculum."""
-
-LONG_CORRIDOR = 500
-"""Corridors at least this long get the preset's recipe for few alive memories (measured at
-length 1000; shorter corridors keep the recipe measured at 50-200)."""
-
-CORRIDOR_TARGET_ALIVE = 0.03
-"""Expire-Span on a long corridor: the preset's stop also waits for the mean alive memories
-per layer to fall to this fraction of the length."""
-
-
-def corridor_target_alive(length: int) -> float | None:
-    """The corridor preset's --target-alive: 3 % of a long corridor, none below LONG_CORRIDOR
-    (there the floor of about span + R alive memories is a large share of the length)."""
-    return CORRIDOR_TARGET_ALIVE * length if length >= LONG_CORRIDOR else None
-
 
 def corridor_min_length(length: int, view_size: int) -> int:
     """The corridor preset's --min-length: random lengths from 5 (or the view size) up, for
@@ -605,9 +583,6 @@ def resolve(args: Args) -> TrainConfig:
         # (0.76) while the spans came down only slowly (50 % of memories alive either way).
         target = CORRIDOR_TARGET_SUCCESS
     alive = args.target_alive
-    if (alive is None and target and env_name == "corridor" and args.policy == "expire_span"
-            and not trains_past_full):
-        alive = corridor_target_alive(env_kwargs["length"])
     _check(
         not alive or bool(target),
         f"--target-alive {alive} needs a success target to stop at (--target-success)",

@@ -81,6 +81,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: RunDir, resume: bool = False,
                  progress: bool = True):  # fmt: skip
         self.config, self.run_dir = config, run_dir
+        self.reached_targets = False
+        """Whether the last run stopped because an interval met the run's targets."""
         run = config.run
         if run.threads:
             torch.set_num_threads(run.threads)
@@ -181,6 +183,7 @@ class Trainer:
                     last_row = row
                     full_task = self._advance_curriculum(row)
                     stop = full_task and self._reached_targets(row)
+                    self.reached_targets = stop
                 if update % config.run.checkpoint_interval == 0 or last or stop:
                     self.save(wall)
                 if stop:

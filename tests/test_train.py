@@ -222,17 +222,21 @@ def test_resume_may_change_the_stop_and_the_threads_and_records_them(tmp_path):
     assert (run.target_success, run.target_alive) == (None, None)
 
 
-def test_the_stop_waits_for_the_success_and_the_alive_memories_targets(tmp_path):
+def test_the_stop_waits_for_the_success_and_the_alive_memories_targets(tmp_path, capsys):
     # On this 4-cell corridor about half the episodes of the first interval succeed and a
     # few memories are alive: both targets below are met at once, and the run stops there.
     both = ["--total-steps", "1280", "--target-success", "0.01", "--target-alive", "1000"]
     assert len(rows(train(tmp_path, *both, name="both"))) == 1
+    assert ("stopped at step 128: success >= 0.01 with at most 1000 memories alive"
+            in capsys.readouterr().out)  # fmt: skip
     # Fewer than one memory alive is never reached (a step always sees itself), so the run
-    # trains on to --total-steps although its success target is met.
+    # trains on to --total-steps although its success target is met, and says so.
     never = ["--total-steps", "1280", "--target-success", "0.01", "--target-alive", "0.5"]
     table = rows(train(tmp_path, *never, name="never"))
     assert len(table) == 10
     assert float(table[0]["success_rate"]) >= 0.01
+    assert ("note: used all 1280 steps without reaching success >= 0.01 with at most 0.5 "
+            "memories alive" in capsys.readouterr().out)  # fmt: skip
 
 
 def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
@@ -276,22 +280,15 @@ def test_the_corridor_preset_stops_once_solved_unless_told_to_train_on():
         resolve(Args(env="corridor", target_success=1.5))
 
 
-def test_the_long_corridor_preset_also_waits_for_few_alive_memories():
+def test_the_alive_memories_target_is_checked_and_off_unless_given():
     from agents.config import Args, ConfigError, resolve
 
     def alive(**flags) -> float | None:
         return resolve(Args(**flags)).run.target_alive
 
-    assert alive(env="corridor", length=1000) == 30
-    assert alive(env="corridor", length=2000) == 60
-    assert alive(env="corridor", length=1000, target_alive=12.0) == 12
-    # No memory condition below 500 cells, without the preset's stop, or for other cores.
-    assert alive(env="corridor", length=200) is None
-    assert alive(env="corridor", length=1000, target_success=0.0) is None
+    assert alive(env="corridor", length=1000) is None
+    assert alive(env="corridor", length=1000, target_alive=30.0) == 30
     assert alive(env="corridor", length=1000, target_alive=0.0) is None
-    assert alive(env="corridor", length=1000, span_lr_scale_final=0.3) is None
-    assert alive(env="corridor", length=1000, policy="trxl") is None
-    assert alive(env="portal") is None
     with pytest.raises(ConfigError, match=r"--target-alive must be a number of memories >= 0 "
                                           r"\(0: off\), got -1.0"):
         resolve(Args(env="corridor", target_alive=-1.0))
@@ -299,21 +296,6 @@ def test_the_long_corridor_preset_also_waits_for_few_alive_memories():
         resolve(Args(env="corridor", target_success=0.0, target_alive=10.0))
     with pytest.raises(ConfigError, match=r"--target-alive needs a policy with memories"):
         resolve(Args(env="corridor", policy="lstm", target_alive=10.0))
-
-
-def test_the_long_corridor_preset_learns_spans_faster_with_a_shorter_ramp():
-    from agents.config import Args, resolve
-
-    long = resolve(Args(env="corridor", length=1000))
-    assert (long.learner.span_lr_scale, long.policy_kwargs["ramp_length"]) == (0.1, 8)
-    assert long.learner.total_steps == 3_000_000
-    short = resolve(Args(env="corridor", length=200))
-    assert short.learner.span_lr_scale == 0.03 and "ramp_length" not in short.policy_kwargs
-    flags = {"ramp_length": 16, "span_lr_scale": 0.03}
-    own = resolve(Args(env="corridor", length=1000, **flags))
-    assert (own.learner.span_lr_scale, own.policy_kwargs["ramp_length"]) == (0.03, 16)
-    assert "ramp_length" not in resolve(Args(env="corridor", length=1000,
-                                              policy="trxl")).policy_kwargs  # fmt: skip
 
 
 @pytest.mark.parametrize(("algo", "start", "final", "rate"), [("ppo", 0.03, 0.01, 5e-4),
