@@ -325,9 +325,10 @@ def preset(
             )  # fmt: skip
         # Few memories alive is opt-in, not the preset (measured on corridor 1000): span lr
         # x0.1 with R = 8 over 3M steps, stopping at 0.99 with at most 30 memories alive
-        # (--target-alive 30), left about 3 % of the length alive at 1.000 in 5 runs of 6;
-        # the sixth let both cue spans fall below the length during the curriculum
-        # (0.503). The preset's x0.03 and R = 16 scored 1.000 in 6 of 6, 50 % alive.
+        # (--target-alive 30), left about 3 % of the length alive at 1.000 in 4 runs of 6;
+        # in the other two the cue spans fell below the length during the curriculum
+        # (0.503, and 0.748 from a run that stopped at 0.995 training success over random
+        # lengths). The preset's x0.03 and R = 16 scored 1.000 in 6 of 6, 50 % alive.
         if algo == "impala":
             # IMPALA's policy gradient uses the raw V-trace advantages (PPO normalises them),
             # so PPO's entropy bonus swamps it. Measured, seed 1: corridor 5 at entropy 0.01
