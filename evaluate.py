@@ -196,19 +196,16 @@ def report(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ]  # fmt: skip
         for key, value in summary["counters"].items():
             rows.append((key.replace("_", " "), _format(value)))
-        oracle = summary.get("oracle")
-        if summary["deterministic"] and summary["timeout_rate"] and oracle and (
-            oracle["timeout_rate"] == 0
-        ):
-            # The oracle finishes every episode in time, so the policy's time-outs may be a
-            # greedy loop: repeating a no-op for ever where the sampled policy moves on.
-            rows.append(("note", "greedy actions can loop until the time limit where sampled "
-                                 "ones move on: --stochastic samples from the policy"))  # fmt: skip
     oracle = summary.get("oracle")
     if oracle:
         counters = "".join(f", {k} {_format(v)}" for k, v in oracle["counters"].items())
         rows.append(("oracle", f"success {_format(oracle['success_rate'])}, return "
                                f"{_format(oracle['mean_return'])}{counters}"))  # fmt: skip
+        if summary["deterministic"] and summary.get("timeout_rate") and not oracle["timeout_rate"]:
+            # The oracle finishes every episode in time, so the policy's time-outs may be a
+            # greedy loop: repeating a no-op for ever where the sampled policy moves on.
+            rows.append(("note", "greedy actions can loop until the time limit where sampled "
+                                 "ones move on: --stochastic samples from the policy"))  # fmt: skip
     return rows
 
 

@@ -15,12 +15,19 @@ from pathlib import Path
 
 import tyro
 
-from agents.config import Args, ConfigError, TrainConfig, check_run_overrides, resolve
+from agents.config import (
+    Args,
+    ConfigError,
+    TrainConfig,
+    check_run_overrides,
+    flag_name,
+    resolve,
+)
 from agents.learner import NonFiniteLossError
 from agents.run_dir import RunDir, RunDirError, default_name
 
 RESUME_OVERRIDES = ("threads", "target_success", "target_alive")
-"""Flags a resumed run may change: neither alters what the run computes up to now."""
+"""Flags a resumed run may change: none alters what the run computed up to now."""
 
 
 def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
@@ -38,30 +45,26 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
     for name, expected in run_values.items():
         value = getattr(args, name, None)
         if value is not None and value != getattr(defaults, name, None) and value != expected:
-            mismatches.append(f"--{name.replace('_', '-')} {value} (the run has {expected})")
+            mismatches.append(f"{flag_name(name)} {value} (the run has {expected})")
     if mismatches:
         raise ConfigError(f"mismatched run directory {args.resume}: " + "; ".join(mismatches))
     fixed = [
-        f"--{field.name.replace('_', '-')}" for field in dataclasses.fields(Args)
+        flag_name(field.name) for field in dataclasses.fields(Args)
         if field.name not in (*run_values, *RESUME_OVERRIDES, "resume")
         and getattr(args, field.name) != getattr(defaults, field.name)
     ]  # fmt: skip
     if fixed:
-        names = [f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES]
+        names = [flag_name(name) for name in RESUME_OVERRIDES]
         allowed = f"{', '.join(names[:-1])} and {names[-1]}"
         raise ConfigError(
             f"{', '.join(fixed)} cannot be given with --resume {args.resume}: its config.json "
             f"fixes them (only {allowed} may change on resume)"
         )
     check_run_overrides(args)
-    run = run_config.run
-    if args.threads is not None:
-        run = dataclasses.replace(run, threads=args.threads)
-    if args.target_success is not None:
-        run = dataclasses.replace(run, target_success=args.target_success or None)
-    if args.target_alive is not None:
-        run = dataclasses.replace(run, target_alive=args.target_alive or None)
-    return dataclasses.replace(run_config, run=run)
+    # Given overrides replace the run's values; 0 turns a target off (threads are >= 1).
+    changes = {name: getattr(args, name) or None for name in RESUME_OVERRIDES
+               if getattr(args, name) is not None}  # fmt: skip
+    return dataclasses.replace(run_config, run=dataclasses.replace(run_config.run, **changes))
 
 
 def target_outcome(config: TrainConfig, row: dict[str, float], reached: bool) -> str:

@@ -365,6 +365,7 @@ CORRIDOR_TARGET_SUCCESS = 0.99
 CURRICULUM_FROM = 20
 """Corridors at least this long train with the preset's random lengths and curriculum."""
 
+
 def corridor_min_length(length: int, view_size: int) -> int:
     """The corridor preset's --min-length: random lengths from 5 (or the view size) up, for
     corridors of CURRICULUM_FROM cells or more; the full length below (no random lengths)."""
@@ -376,7 +377,8 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of an ``Args`` field: ``target_success`` -> ``--target-success``."""
     return "--" + name.replace("_", "-")
 
 
@@ -390,8 +392,8 @@ def resolve_env(args: Args) -> tuple[str, dict[str, Any]]:
         for name in given:
             _check(
                 name in allowed,
-                f"{_flag(name)} is not a parameter of {args.env} "
-                f"(its parameters: {', '.join(_flag(n) for n in allowed)})",
+                f"{flag_name(name)} is not a parameter of {args.env} "
+                f"(its parameters: {', '.join(flag_name(n) for n in allowed)})",
             )
         if args.env == "corridor" and "min_length" not in given:
             given["min_length"] = corridor_min_length(given.get("length", 1000),
@@ -408,7 +410,7 @@ def resolve_env(args: Args) -> tuple[str, dict[str, Any]]:
         f"unknown env {args.env!r}; choose corridor, portal, instruction or a registered "
         "gymnasium id (e.g. MiniGrid-MemoryS13Random-v0)",
     )
-    _check(not given, f"{_flag(next(iter(given), 'x'))} applies only to the suite's own tasks")
+    _check(not given, f"{flag_name(next(iter(given), 'x'))} applies only to the suite's own tasks")
     from agents.gym_adapter import GymBatchedEnv
 
     try:  # fail now, before a run directory exists, on spaces the learner cannot use
@@ -428,7 +430,7 @@ def resolve_policy(args: Args, env_name: str, preset_policy: dict[str, Any]) -> 
             continue
         _check(
             name in fields,
-            f"{_flag(name)} does not apply to --policy {args.policy} "
+            f"{flag_name(name)} does not apply to --policy {args.policy} "
             f"(it applies to: {', '.join(k for k in POLICY_KINDS if name in _fields(k))})",
         )
         kwargs[name] = value
@@ -464,7 +466,8 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
     positive_ints = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "chunk_length")
     for name in positive_ints:
         value = getattr(learner, name)
-        _check(isinstance(value, int) and value >= 1, f"{_flag(name)} must be >= 1, got {value}")
+        ok = isinstance(value, int) and value >= 1
+        _check(ok, f"{flag_name(name)} must be >= 1, got {value}")
     _check(
         learner.num_steps % learner.chunk_length == 0,
         f"--chunk-length {learner.chunk_length} must divide --num-steps {learner.num_steps}",
@@ -506,7 +509,7 @@ def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig
             continue
         ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
         bound = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
-        _check(ok, f"{_flag(name)} must be in {bound}, got {value}")
+        _check(ok, f"{flag_name(name)} must be in {bound}, got {value}")
     return learner
 
 
@@ -569,7 +572,7 @@ def resolve(args: Args) -> TrainConfig:
     )  # fmt: skip
     for name in ("log_interval", "checkpoint_interval"):
         value = getattr(args, name)
-        _check(value is None or value >= 1, f"{_flag(name)} must be >= 1, got {value}")
+        _check(value is None or value >= 1, f"{flag_name(name)} must be >= 1, got {value}")
     _check(
         args.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}"
     )

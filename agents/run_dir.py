@@ -125,7 +125,7 @@ class RunDir:
         return run
 
     def write_config(self, config: TrainConfig) -> None:
-        """Replace config.json atomically (a resume that changes --threads or --target-success)."""
+        """Replace config.json atomically (a resume that changes a flag it may change)."""
         atomic_write_bytes(self.config_path, json.dumps(config.to_dict(), indent=2).encode())
 
     def config(self) -> TrainConfig:

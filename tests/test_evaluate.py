@@ -255,3 +255,20 @@ def test_episodes_cut_off_by_the_time_limit_are_counted_as_timed_out():
     env = envs.make_batched("corridor", 4, seed=1, length=5, max_steps=9)
     result = evaluate(env, StandStill(), episodes=8, seed=1)
     assert (result.timeout_rate, result.success_rate, result.mean_length) == (1.0, 0.0, 9.0)
+
+
+def test_the_table_points_greedy_time_outs_to_sampling_only_where_the_oracle_finishes():
+    summary = {
+        "checkpoint": {"path": "latest.pt", "global_step": 1}, "deterministic": True,
+        "task": {"env": "corridor", "settings": {"length": 5}}, "episodes": 8, "num_envs": 4,
+        "success_rate": 0.0, "success_ci95": (0.0, 0.3), "mean_return": 0.0,
+        "std_return": 0.0, "mean_length": 9.0, "timeout_rate": 1.0, "mem_alive_mean": 9.0,
+        "mem_alive_max": 9.0, "counters": {},
+        "oracle": {"success_rate": 1.0, "mean_return": 1.0, "timeout_rate": 0.0, "counters": {}},
+    }  # fmt: skip
+    notes = [value for name, value in evaluate_cli.report(summary) if name == "note"]
+    assert len(notes) == 1 and "--stochastic" in notes[0]
+    # Sampled already, or the oracle itself runs to the time limit (Portal): no note.
+    for changes in ({"deterministic": False},
+                    {"oracle": {**summary["oracle"], "timeout_rate": 1.0}}):  # fmt: skip
+        assert "note" not in dict(evaluate_cli.report({**summary, **changes}))
