@@ -8,6 +8,7 @@ import torch
 
 import envs
 from agents.config import TrainConfig
+from agents.last_step import LastStepEnv
 from policies.policy import MemoryPolicy, make_policy
 
 
@@ -21,10 +22,12 @@ def make_env(
     seed = config.run.seed if seed is None else seed
     kwargs = {**config.env_kwargs, **overrides}
     if config.env in envs.TASKS:
-        return envs.make_batched(config.env, num_envs, device=device, seed=seed, **kwargs)
-    from agents.gym_adapter import GymBatchedEnv
+        env = envs.make_batched(config.env, num_envs, device=device, seed=seed, **kwargs)
+    else:
+        from agents.gym_adapter import GymBatchedEnv
 
-    return GymBatchedEnv(config.env, num_envs, device=device, seed=seed, **kwargs)
+        env = GymBatchedEnv(config.env, num_envs, device=device, seed=seed, **kwargs)
+    return LastStepEnv(env) if config.learner.last_action_reward else env
 
 
 def build_policy(config: TrainConfig, env: Any, device: str | torch.device) -> MemoryPolicy:

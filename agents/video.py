@@ -45,6 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 import envs
 from agents.config import ConfigError
 from agents.evaluate import ActionStep, LoadedRun, PolicyAgent
+from agents.last_step import last_step_fields
 from envs.core import ACTION_NAMES, COLOR_NAMES
 from envs.corridor import CorridorEnv
 from envs.instruction import InstructionEnv
@@ -403,11 +404,15 @@ def record_episode(
     size = frame_size(env_frame.shape, panel)
     writer = FrameWriter(path, size, fps)
     t, episode_return, last_reward, done, info = 0, 0.0, 0.0, False, {}
+    action: int | None = None  # the previous action, for a run that shows it to the agent
     try:
         while True:
             images[t] = obs["image"]
             salient = salient_color(env, obs)
-            step = agent.act(observation_tensors(obs, device), state, episode_starts)
+            fields = observation_tensors(obs, device)
+            if run.config.learner.last_action_reward:
+                fields.update(last_step_fields(action, last_reward, device))
+            step = agent.act(fields, state, episode_starts)
             state, episode_starts = step.state, torch.zeros_like(episode_starts)
             panel.update(t, step, salient)
             write = done or t % skip == 0 or salient is not None or last_reward != 0

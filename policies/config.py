@@ -75,6 +75,10 @@ class PolicyConfig:
     actor_bias_init: tuple[float, ...] | None = None
     """Initial bias of the action logits, one number per action (e.g. ``(0, 0, 1)`` makes the
     initial policy prefer action 2, "forward"); None means zeros (uniform initial policy)."""
+    egocentric: bool = False
+    """Turn each square minigrid window so that the agent's heading (the state channel of its
+    centre cell, as the suite's top-down windows hold it) always points the same way: the
+    cell in front of the agent is then always the same cell of the embedded view."""
 
     def __post_init__(self) -> None:
         _check_int(self, "d_model", 1)
@@ -82,6 +86,7 @@ class PolicyConfig:
         _check_int(self, "cell_embed_dim", 1)
         _check_int(self, "token_embed_dim", 1)
         _check_float(self, "actor_init_gain", 0.0, open_low=True)
+        _check_bool(self, "egocentric")
         if self.actor_bias_init is not None:
             bias = self.actor_bias_init
             if not isinstance(bias, (list, tuple)) or not all(

@@ -40,17 +40,49 @@ ALLOWED_SPACES = (
 )
 
 
-class MinigridCellEmbedding(nn.Module):
-    """[T, B, H, W, 3] uint8 cells -> [T, B, H·W·E]: summed object, colour, state embeddings."""
+def _quarter_turns() -> tuple[int, ...]:
+    """For each heading d (minigrid's 0 east .. 3 north), the quarter turns k of
+    ``torch.rot90(image, k, dims=(-3, -2))`` that bring the cell in front of the agent to where
+    it is when the agent faces north. Found on a marked 3 x 3 window, not derived by hand."""
+    turns = []
+    for dx, dy in DIR_TO_VEC:
+        marked = torch.zeros(3, 3, 1)
+        marked[1 + dx, 1 + dy] = 1.0
+        turns.append(next(k for k in range(4) if torch.rot90(marked, k, dims=(0, 1))[1, 0, 0]))
+    return tuple(turns)
 
-    def __init__(self, height: int, width: int, embed_dim: int) -> None:
+
+QUARTER_TURNS = _quarter_turns()
+
+
+def egocentric_view(image: Tensor) -> Tensor:
+    """[..., V, V, 3] top-down windows centred on the agent -> the same windows turned so that
+    the agent always faces north (its heading is the state channel of the centre cell)."""
+    half = image.shape[-2] // 2
+    heading = image[..., half, half, 2].long().clamp(0, 3)  # [...]
+    turns = torch.tensor(QUARTER_TURNS, device=image.device)[heading]  # [...]
+    turned = torch.stack([torch.rot90(image, k, dims=(-3, -2)) for k in range(4)])  # [4, ...]
+    index = turns[None, ..., None, None, None].expand(1, *image.shape)
+    return turned.gather(0, index).squeeze(0)
+
+
+class MinigridCellEmbedding(nn.Module):
+    """[T, B, H, W, 3] uint8 cells -> [T, B, H·W·E]: summed object, colour, state embeddings
+    (of the window turned to the agent's heading first, if ``egocentric``)."""
+
+    def __init__(self, height: int, width: int, embed_dim: int, egocentric: bool = False) -> None:
         super().__init__()
+        if egocentric and height != width:
+            raise ValueError(f"an egocentric view needs a square window, got {height} x {width}")
+        self.egocentric = egocentric
         self.object = nn.Embedding(NUM_OBJECTS, embed_dim)
         self.color = nn.Embedding(NUM_COLORS, embed_dim)
         self.state = nn.Embedding(NUM_STATES, embed_dim)
         self.out_dim = height * width * embed_dim
 
     def forward(self, image: Tensor) -> Tensor:
+        if self.egocentric:
+            image = egocentric_view(image)
         cells = image.long()
         embedded = (self.object(cells[..., 0]) + self.color(cells[..., 1])
                     + self.state(cells[..., 2]))  # [T, B, H, W, E]
@@ -82,14 +114,14 @@ class FloatFeatures(nn.Module):
 
 
 def _field_encoder(
-    key: str, space: gym.Space, cell_embed_dim: int, token_embed_dim: int
+    key: str, space: gym.Space, cell_embed_dim: int, token_embed_dim: int, egocentric: bool
 ) -> nn.Module:
     if isinstance(space, gym.spaces.Discrete):
         return TokenEmbedding(space, token_embed_dim)
     if isinstance(space, gym.spaces.Box):
         shape = space.shape
         if space.dtype == np.uint8 and len(shape) == 3 and shape[2] == 3:
-            return MinigridCellEmbedding(shape[0], shape[1], cell_embed_dim)
+            return MinigridCellEmbedding(shape[0], shape[1], cell_embed_dim, egocentric)
         if np.issubdtype(space.dtype, np.floating) and len(shape) == 1:
             return FloatFeatures(shape[0])
     raise ValueError(f"observation field {key!r} has unsupported space {space}; "
@@ -106,6 +138,7 @@ class ObservationEncoder(nn.Module):
         hidden: int,
         cell_embed_dim: int,
         token_embed_dim: int,
+        egocentric: bool = False,
     ) -> None:
         super().__init__()
         self.is_dict = isinstance(observation_space, gym.spaces.Dict)
@@ -114,7 +147,7 @@ class ObservationEncoder(nn.Module):
             raise ValueError("observation space is an empty Dict; it needs at least one field")
         self.keys = list(spaces)
         self.fields = nn.ModuleList(
-            _field_encoder(key, space, cell_embed_dim, token_embed_dim)
+            _field_encoder(key, space, cell_embed_dim, token_embed_dim, egocentric)
             for key, space in spaces.items()
         )
         in_dim = sum(field.out_dim for field in self.fields)

@@ -67,7 +67,8 @@ class MemoryPolicy(nn.Module):
         self.observation_space = observation_space
         self.num_actions = num_actions
         self.encoder = ObservationEncoder(observation_space, config.d_model, config.encoder_hidden,
-                                          config.cell_embed_dim, config.token_embed_dim)
+                                          config.cell_embed_dim, config.token_embed_dim,
+                                          config.egocentric)
         self.core = CORE_CLASSES[kind](config)
         self.actor = nn.Linear(config.d_model, num_actions)
         self.critic = nn.Linear(config.d_model, 1)

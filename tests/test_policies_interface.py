@@ -262,3 +262,62 @@ def test_save_and_load_give_identical_outputs(kind: str) -> None:
     actual = restored(tail, restored_state, starts[18:])[0]
     assert torch.equal(expected.logits, actual.logits)
     assert torch.equal(expected.values, actual.values)
+
+
+def test_the_egocentric_view_puts_what_the_agent_faces_in_one_fixed_cell() -> None:
+    from envs.core import BALL, DIR_TO_VEC, FORWARD
+    from policies.encoder import egocentric_view
+
+    # Marked windows: the cell ahead and the cell to the left land in the same place whatever
+    # the heading (a turn, never a mirror image).
+    ahead, left = set(), set()
+    for heading, (dx, dy) in enumerate(DIR_TO_VEC):
+        image = torch.zeros(7, 7, 3, dtype=torch.uint8)
+        image[3, 3, 2] = heading
+        image[3 + dx, 3 + dy, 0] = 9
+        image[3 + dy, 3 - dx, 0] = 7  # the heading turned a quarter to the left
+        turned = egocentric_view(image[None])[0]
+        ahead.add(tuple((turned[..., 0] == 9).nonzero()[0].tolist()))
+        left.add(tuple((turned[..., 0] == 7).nonzero()[0].tolist()))
+    assert len(ahead) == 1 and len(left) == 1 and ahead != left
+
+    # On the instruction task: whenever stepping forward reaches a ball, that ball is in the
+    # fixed cell ahead of the turned view, and only then.
+    env = envs_make("instruction", 256, seed=0)
+    obs = env.reset(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    (row, column), = ahead
+    for _ in range(30):
+        front = env.cell + env.step_offset[env.direction]
+        blocker = env.blocker.gather(1, front[:, None]).squeeze(1).long()
+        facing_ball = (blocker > 0) & (blocker != env.WALL_CODE)
+        turned = egocentric_view(obs["image"])
+        assert torch.equal(turned[:, row, column, 0] == BALL, facing_ball)
+        actions = torch.randint(0, 3, (256,), generator=generator)
+        actions[facing_ball] = FORWARD - 1  # turn away, so that the view keeps changing
+        obs = env.step(actions)[0]
+
+
+def envs_make(name: str, num_envs: int, seed: int) -> Any:
+    import envs
+
+    return envs.make_batched(name, num_envs, seed=seed, view_size=7)
+
+
+def test_an_egocentric_policy_reads_the_turned_view() -> None:
+    from policies.encoder import egocentric_view
+
+    space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (5, 5, 3), dtype=np.uint8)})
+    policy = make_policy("lstm", space, 3, egocentric=True)
+    plain = make_policy("lstm", space, 3)
+    plain.load_state_dict(policy.state_dict())
+    image = torch.randint(0, 4, (2, 3, 5, 5, 3), dtype=torch.uint8)
+    image[..., 2, 2, 2] = torch.randint(0, 4, (2, 3), dtype=torch.uint8)  # the headings
+    starts = torch.ones(2, 3, dtype=torch.bool)
+    turned = policy({"image": image}, policy.initial_state(3), starts)[0].logits
+    by_hand = plain({"image": egocentric_view(image)}, plain.initial_state(3), starts)[0].logits
+    assert torch.equal(turned, by_hand)
+    assert not torch.allclose(turned, plain({"image": image}, plain.initial_state(3),
+                                            starts)[0].logits)  # fmt: skip
+    with pytest.raises(ValueError, match="egocentric must be True or False"):
+        make_policy("lstm", space, 3, egocentric="yes")
