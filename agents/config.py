@@ -107,7 +107,7 @@ class Args:
     """GTrXL-style gating in the transformer blocks."""
     egocentric: PresetBool = None
     """Turn the view to the agent's heading before embedding it, so that the cell in front of
-    the agent is always the same cell (Instruction preset: on; off elsewhere)."""
+    the agent is always the same cell (off in every preset)."""
     forward_bias: PresetFloat = None
     """Initial logit bias of the 'forward' action (helps a fresh agent reach far rewards)."""
     last_action_reward: PresetBool = None
@@ -368,8 +368,15 @@ def preset(
                        span_lr_scale=0.03)  # fmt: skip
         policy_kwargs.update(max_span=256, forward_bias=1.0)
     elif env == "instruction":
+        # Measured on instruction size 3 with 2 balls, seed 1, 1.5M steps: every variant
+        # stayed at chance (a ball at random), camping beside a ball and stepping into it as
+        # soon as an instruction comes (63-84 % of instructions resolved on the step they
+        # were given): the top-down view; --egocentric; --egocentric with entropy 0.02; and
+        # --egocentric with the instruction shown at every step. Supervised (the instruction
+        # in view), the encoder needed about 5M labelled views to tell which way the named
+        # ball lies (0.94 accuracy); an attention readout over the cells learnt no faster.
         learner.update(gamma=0.95, total_steps=5_000_000)
-        policy_kwargs.update(max_span=256, egocentric=True)
+        policy_kwargs.update(max_span=256)
     else:
         learner.update(total_steps=5_000_000)
         policy_kwargs.update(max_span=512)
