@@ -375,6 +375,8 @@ def preset(
         # --egocentric with the instruction shown at every step. Supervised (the instruction
         # in view), the encoder needed about 5M labelled views to tell which way the named
         # ball lies (0.94 accuracy); an attention readout over the cells learnt no faster.
+        # With 20M steps to anneal over, --egocentric left chance at 2.4M steps and carried
+        # out 95 % of the oracle's instructions at 4.9M.
         learner.update(gamma=0.95, total_steps=5_000_000)
         policy_kwargs.update(max_span=256)
     else:
