@@ -40,14 +40,12 @@ def with_last_step_space(space: gym.spaces.Dict, num_actions: int) -> gym.spaces
     })  # fmt: skip
 
 
-def last_step_fields(
-    action: int | None, reward: float, device: torch.device | str
-) -> dict[str, Tensor]:
-    """The two fields for one env ([1, ...]), after ``action`` (None: an episode's start)."""
-    token = 0 if action is None else int(action) + 1
+def last_step_fields(actions: Tensor, rewards: Tensor, starts: Tensor) -> dict[str, Tensor]:
+    """The two fields of B envs from their previous ``actions`` and ``rewards`` [B]; where
+    ``starts`` [B] is true an episode begins, with nothing done yet (both fields 0)."""
     return {
-        LAST_ACTION: torch.tensor([token], device=device),
-        LAST_REWARD: torch.tensor([[0.0 if action is None else float(reward)]], device=device),
+        LAST_ACTION: torch.where(starts, 0, actions.long() + 1),
+        LAST_REWARD: torch.where(starts, 0.0, rewards.float())[:, None],
     }
 
 
@@ -60,45 +58,40 @@ class LastStepEnv:
         self.env = env
         self.single_observation_space = with_last_step_space(
             env.single_observation_space, int(env.single_action_space.n))
-        self.last_action = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
-        self.last_reward = torch.zeros(env.num_envs, 1, device=env.device)
+        self.fields = self._episode_starts()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["env"], name)
 
-    def _with_fields(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {**obs, LAST_ACTION: self.last_action.clone(),
-                LAST_REWARD: self.last_reward.clone()}  # fmt: skip
+    def _episode_starts(self) -> dict[str, Tensor]:
+        zeros = torch.zeros(self.env.num_envs, device=self.env.device)
+        return last_step_fields(zeros, zeros, torch.ones_like(zeros, dtype=torch.bool))
 
     @property
     def obs(self) -> dict[str, Tensor]:
         """The wrapped env's current observation (an env that keeps one), with the fields."""
-        return self._with_fields(self.env.obs)
+        return {**self.env.obs, **self.fields}
 
     def reset(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         obs = self.env.reset(*args, **kwargs)
-        self.last_action.zero_()
-        self.last_reward.zero_()
-        return self._with_fields(obs)
+        self.fields = self._episode_starts()
+        return {**obs, **self.fields}
 
     def step(self, actions: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, dict]:
-        actions = torch.as_tensor(actions, device=self.last_action.device)
+        actions = torch.as_tensor(actions, device=self.env.device)
         obs, reward, terminated, truncated, info = self.env.step(actions)
         # A finished env's observation is the next episode's first: nothing done yet there.
-        done = terminated | truncated
-        self.last_action = torch.where(done, 0, actions.long() + 1)
-        self.last_reward = torch.where(done, 0.0, reward.float())[:, None]
-        return self._with_fields(obs), reward, terminated, truncated, info
+        # The fields are new tensors each step, never changed in place, so they are shared.
+        self.fields = last_step_fields(actions, reward, terminated | truncated)
+        return {**obs, **self.fields}, reward, terminated, truncated, info
 
     def state_dict(self) -> dict[str, Any]:
-        return {"env": self.env.state_dict(), LAST_ACTION: self.last_action.clone(),
-                LAST_REWARD: self.last_reward.clone()}  # fmt: skip
+        return {"env": self.env.state_dict(), **self.fields}
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
         self.env.load_state_dict(data["env"])
         if getattr(self.env, "resumes_exactly", True):
-            self.last_action = data[LAST_ACTION].to(self.last_action.device)
-            self.last_reward = data[LAST_REWARD].to(self.last_reward.device)
+            self.fields = {name: data[name].to(self.env.device)
+                           for name in (LAST_ACTION, LAST_REWARD)}  # fmt: skip
         else:  # the wrapped env restarted its episodes
-            self.last_action.zero_()
-            self.last_reward.zero_()
+            self.fields = self._episode_starts()

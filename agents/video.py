@@ -411,7 +411,9 @@ def record_episode(
             salient = salient_color(env, obs)
             fields = observation_tensors(obs, device)
             if run.config.learner.last_action_reward:
-                fields.update(last_step_fields(action, last_reward, device))
+                previous = torch.tensor([0 if action is None else action], device=device)
+                fields.update(last_step_fields(previous, torch.tensor([last_reward], device=device),
+                                               torch.tensor([action is None], device=device)))
             step = agent.act(fields, state, episode_starts)
             state, episode_starts = step.state, torch.zeros_like(episode_starts)
             panel.update(t, step, salient)

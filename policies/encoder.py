@@ -16,6 +16,8 @@ All embeddings are concatenated and go through a small MLP to the model width D.
 
 from __future__ import annotations
 
+import functools
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -55,15 +57,22 @@ def _quarter_turns() -> tuple[int, ...]:
 QUARTER_TURNS = _quarter_turns()
 
 
+@functools.cache
+def _turn_index(view: int, device: torch.device) -> Tensor:
+    """[4, V·V]: for each heading, the source cell of every cell of the turned window."""
+    cells = torch.arange(view * view).view(view, view)
+    turned = [torch.rot90(cells, k, dims=(0, 1)).flatten() for k in QUARTER_TURNS]
+    return torch.stack(turned).to(device)
+
+
 def egocentric_view(image: Tensor) -> Tensor:
     """[..., V, V, 3] top-down windows centred on the agent -> the same windows turned so that
     the agent always faces north (its heading is the state channel of the centre cell)."""
-    half = image.shape[-2] // 2
-    heading = image[..., half, half, 2].long().clamp(0, 3)  # [...]
-    turns = torch.tensor(QUARTER_TURNS, device=image.device)[heading]  # [...]
-    turned = torch.stack([torch.rot90(image, k, dims=(-3, -2)) for k in range(4)])  # [4, ...]
-    index = turns[None, ..., None, None, None].expand(1, *image.shape)
-    return turned.gather(0, index).squeeze(0)
+    view = image.shape[-2]
+    heading = image[..., view // 2, view // 2, 2].long().clamp(0, 3)  # [...]
+    index = _turn_index(view, image.device)[heading]  # [..., V·V]
+    cells = image.flatten(-3, -2)  # [..., V·V, 3]
+    return cells.gather(-2, index[..., None].expand(*index.shape, 3)).view(image.shape)
 
 
 class MinigridCellEmbedding(nn.Module):

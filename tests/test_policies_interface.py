@@ -14,6 +14,7 @@ import pytest
 import torch
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
+import envs
 from policies import POLICY_KINDS, MemoryPolicy, State, make_policy
 from policies.encoder import NUM_STATES
 
@@ -283,7 +284,7 @@ def test_the_egocentric_view_puts_what_the_agent_faces_in_one_fixed_cell() -> No
 
     # On the instruction task: whenever stepping forward reaches a ball, that ball is in the
     # fixed cell ahead of the turned view, and only then.
-    env = envs_make("instruction", 256, seed=0)
+    env = envs.make_batched("instruction", 256, seed=0, view_size=7)
     obs = env.reset(seed=0)
     generator = torch.Generator().manual_seed(0)
     (row, column), = ahead
@@ -296,12 +297,6 @@ def test_the_egocentric_view_puts_what_the_agent_faces_in_one_fixed_cell() -> No
         actions = torch.randint(0, 3, (256,), generator=generator)
         actions[facing_ball] = FORWARD - 1  # turn away, so that the view keeps changing
         obs = env.step(actions)[0]
-
-
-def envs_make(name: str, num_envs: int, seed: int) -> Any:
-    import envs
-
-    return envs.make_batched(name, num_envs, seed=seed, view_size=7)
 
 
 def test_an_egocentric_policy_reads_the_turned_view() -> None:
