@@ -26,7 +26,7 @@ from agents.config import (
 from agents.learner import NonFiniteLossError
 from agents.run_dir import RunDir, RunDirError, default_name
 
-RESUME_OVERRIDES = ("threads", "target_success", "target_alive")
+RESUME_OVERRIDES = ("threads", "target_success", "target_alive", "confirm_episodes")
 """Flags a resumed run may change: none alters what the run computed up to now."""
 
 

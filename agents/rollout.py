@@ -83,6 +83,13 @@ class Collector:
         self.state = policy.initial_state(env.num_envs, self.device)
         self.stats = EpisodeStats(self.device)
 
+    def restart(self) -> None:
+        """Start every env and memory afresh (after the task changed under the running
+        episodes), at desynchronised points of the time limits as at the start."""
+        self.obs = self.env.reset(desync=True)
+        self.episode_starts = torch.ones_like(self.episode_starts)
+        self.state = self.policy.initial_state(self.env.num_envs, self.device)
+
     @torch.no_grad()
     def collect(self) -> Rollout:
         """Run ``num_steps`` steps of every env; return them as a :class:`Rollout`."""

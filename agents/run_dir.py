@@ -101,6 +101,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.csv"
         self.config_path = self.path / "config.json"
+        self.target_checks_path = self.path / "target_checks.jsonl"
 
     @classmethod
     def create(cls, path: str | Path, config: TrainConfig) -> RunDir:
@@ -183,8 +184,20 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def append_target_check(self, check: dict[str, Any]) -> None:
+        """Append one greedy check of the targets to target_checks.jsonl and flush it."""
+        with open(self.target_checks_path, "a") as handle:
+            handle.write(json.dumps(check) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
     def truncate_metrics(self, global_step: int) -> None:
-        """Drop rows logged after ``global_step`` (written after the checkpoint resumed from)."""
+        """Drop metric rows and target checks logged after ``global_step`` (written after the
+        checkpoint resumed from)."""
+        if self.target_checks_path.exists():
+            lines = self.target_checks_path.read_text().splitlines()
+            kept = [line for line in lines if _logged_step(line) <= global_step]
+            atomic_write_bytes(self.target_checks_path, "".join(f"{k}\n" for k in kept).encode())
         if not self.metrics_path.exists():
             return
         with open(self.metrics_path, newline="") as handle:
@@ -203,6 +216,14 @@ class RunDir:
         with open(self.metrics_path, newline="") as handle:
             return [{k: float(v) if v != "" else math.nan for k, v in row.items()}
                     for row in csv.DictReader(handle)]  # fmt: skip
+
+
+def _logged_step(line: str) -> float:
+    """The global step of a target_checks.jsonl line; infinite for a line cut short by a kill."""
+    try:
+        return float(json.loads(line)["global_step"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _format(value: Any) -> str:

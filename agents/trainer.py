@@ -26,6 +26,14 @@ from agents.run_dir import TENSORBOARD_PREFIX, RunDir, is_main_process
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "impala": IMPALA}
 
+CURRICULUM_PARAMETER = {"corridor": "length", "instruction": "size"}
+"""The task parameter a curriculum (--curriculum-start) grows up to, per task."""
+STAGE_ATTRIBUTE = {"corridor": "longest", "instruction": "room_size"}
+"""The batched env's attribute that holds the curriculum's current stage."""
+
+CONFIRM_EVERY = 5
+"""Metric intervals between two greedy checks of the targets (`Trainer._confirm_targets`)."""
+
 
 def _memory_stats(collector: Collector) -> dict[str, float]:
     output = getattr(collector, "last_output", None)
@@ -70,6 +78,13 @@ class Progress:
             print(f"step {int(row['global_step'])} update {int(row['update'])} {fields}",
                   flush=True)  # fmt: skip
 
+    def note(self, text: str) -> None:
+        """A line of its own (above the bar on a terminal), printed even without progress."""
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -92,7 +107,7 @@ class Trainer:
         self.env = make_env(config)
         self.curriculum = config.learner.curriculum_start is not None
         if self.curriculum:  # before the collector's reset draws the first episodes
-            self.env.set_longest(config.learner.curriculum_start)
+            self._set_curriculum(config.learner.curriculum_start, restart=False)
         self.policy = build_policy(config, self.env, self.device)
         self.learner = LEARNERS[config.learner.algo](self.policy, config.learner, run.seed)
         self.collector = Collector(
@@ -101,6 +116,8 @@ class Trainer:
         )  # fmt: skip
         self.steps_per_update = config.learner.num_envs * config.learner.num_steps
         self.global_step, self.wall_offset = 0, 0.0
+        self.last_confirm = -math.inf
+        """Update of the last greedy check of the targets."""
         if resume:
             self._restore(run_dir.load_checkpoint(device=str(self.device)))
         self._set_stage_settings()  # the (restored) curriculum stage's
@@ -119,6 +136,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "numpy_rng": np.random.get_state(),
+            "last_confirm": self.last_confirm,
         }
 
     def _restore(self, payload: dict[str, Any]) -> None:
@@ -131,6 +149,7 @@ class Trainer:
         np.random.set_state(payload["numpy_rng"])
         self.global_step = payload["global_step"]
         self.wall_offset = payload["wall_time"]
+        self.last_confirm = payload.get("last_confirm", -math.inf)
         if is_main_process():
             self.run_dir.truncate_metrics(self.global_step)
 
@@ -183,6 +202,8 @@ class Trainer:
                     last_row = row
                     full_task = self._advance_curriculum(row)
                     stop = full_task and self._reached_targets(row)
+                    if stop and config.run.confirm_episodes:
+                        stop = self._confirm_targets(progress)
                     self.reached_targets = stop
                 if update % config.run.checkpoint_interval == 0 or last or stop:
                     self.save(wall)
@@ -202,23 +223,77 @@ class Trainer:
             return False
         return alive is None or row["mem_alive_mean"] <= alive
 
+    def _confirm_targets(self, progress: Progress) -> bool:
+        """Whether greedy episodes of the full task meet the targets too (the bar is what
+        `evaluate.py` measures, not the training interval's sampled, random-length episodes).
+        Checked at most once every `CONFIRM_EVERY` intervals; each check is logged in
+        ``target_checks.jsonl``."""
+        update, run = self.learner.update_count, self.config.run
+        if update - self.last_confirm < CONFIRM_EVERY * run.log_interval:
+            return False
+        self.last_confirm = update
+        from agents.evaluate import PolicyAgent, evaluate, resolve_task
+
+        episodes = run.confirm_episodes
+        num_envs = min(episodes, self.config.learner.num_envs)
+        env = make_env(self.config, num_envs=num_envs, device=str(self.device),
+                       seed=run.seed + update, **resolve_task(self.config, {}))  # fmt: skip
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            result = evaluate(env, PolicyAgent(self.policy), episodes, seed=run.seed + update)
+        finally:
+            self.policy.train(was_training)
+        passed = result.success_rate >= run.target_success and (
+            run.target_alive is None or result.mem_alive_mean <= run.target_alive
+        )
+        check = {"global_step": self.global_step, "update": update, "episodes": episodes,
+                 "success_rate": result.success_rate, "mem_alive_mean": result.mem_alive_mean,
+                 "passed": passed}  # fmt: skip
+        if is_main_process():
+            self.run_dir.append_target_check(check)
+        progress.note(
+            f"target check at step {self.global_step}: {episodes} greedy episodes of the full "
+            f"task, success {result.success_rate:.3f}, {result.mem_alive_mean:.1f} alive: "
+            + ("met, stopping" if passed else "not met, training on")
+        )
+        return passed
+
     def _longest(self) -> float:
-        longest = getattr(self.env, "longest", None)
-        return float(longest) if longest is not None else math.nan
+        """The curriculum's current stage: the longest corridor, or the instruction room's
+        size (NaN without a curriculum)."""
+        if not self.curriculum:
+            return math.nan
+        return float(getattr(self.env, STAGE_ATTRIBUTE[self.config.env]))
+
+    def _set_curriculum(self, stage: int, full_fraction: float = 0.0, restart: bool = True) -> None:
+        """Move the curriculum to ``stage``. A corridor stage applies to the next episodes; an
+        instruction room replaces the running episodes, so the collector ``restart``s (not
+        needed before it first resets)."""
+        if self.config.env == "corridor":
+            self.env.set_longest(stage, full_fraction)
+        else:
+            self.env.set_room(stage)
+            if restart:
+                self.collector.restart()
 
     def _advance_curriculum(self, row: dict[str, float]) -> bool:
-        """Double the longest corridor once the interval's success reaches the bar; whether
-        the interval was already on the full task."""
+        """Double the curriculum's stage (the longest corridor, the instruction room's size) up
+        to the task's own once the interval's success reaches the bar; whether the interval
+        was already on the full task."""
         if not self.curriculum:
             return True
-        longest, length = int(self.env.longest), self.config.env_kwargs["length"]
-        if longest < length and row["success_rate"] >= self.config.learner.curriculum_success:
-            longest = min(2 * longest, length)
+        stage, full = int(self._longest()), self._full_stage()
+        if stage < full and row["success_rate"] >= self.config.learner.curriculum_success:
+            stage = min(2 * stage, full)
             full_fraction = self.config.learner.curriculum_full_fraction
-            self.env.set_longest(longest, full_fraction if longest == length else 0.0)
+            self._set_curriculum(stage, full_fraction if stage == full else 0.0)
             self._set_stage_settings()
             return False
-        return longest == length
+        return stage == full
+
+    def _full_stage(self) -> int:
+        return int(self.config.env_kwargs[CURRICULUM_PARAMETER[self.config.env]])
 
     def _set_stage_settings(self) -> None:
         """The learner's entropy coefficient and span learning rate for the curriculum's
@@ -226,10 +301,10 @@ class Trainer:
         if not self.curriculum:
             return
         config = self.config.learner
-        longest, length = int(self.env.longest), self.config.env_kwargs["length"]
-        self.learner.ent_coef = config.entropy_coef(longest, length)
+        stage, full = int(self._longest()), self._full_stage()
+        self.learner.ent_coef = config.entropy_coef(stage, full)
         if config.span_lr_scale_final is not None:
-            final = longest == length
+            final = stage == full
             self.learner.set_span_lr_scale(
                 config.span_lr_scale_final if final else config.span_lr_scale
             )

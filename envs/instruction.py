@@ -135,14 +135,39 @@ class BatchedInstruction(BatchedEnv):
         seed: int | None = None,
         **task_kwargs: Any,
     ):
-        self.config = InstructionConfig(**task_kwargs)
-        self.size = self.config.size
+        self.full_config = self.config = InstructionConfig(**task_kwargs)
         self.view_size = self.config.view_size
         self.single_observation_space = self.config.observation_space()
         self.device = torch.device(device)
-        self.side = self.size + 2  # cells per row, walls included
-        self._build_tables()
+        self._set_room_config(self.config.size)
         super().__init__(num_envs, self.config.max_steps, device, seed)
+
+    def set_room(self, size: int) -> None:
+        """Play in a room of ``size`` (at most the task's) from now on: a training curriculum.
+        A room smaller than the task's holds 2 balls (or the task's number, if fewer); the
+        task's own size is the task itself. Every env starts a new episode in the new room
+        (its time limit keeps counting, as after a desynchronised reset)."""
+        self._set_room_config(size)
+        self._start_episodes(None)
+        self.episode_return.zero_()
+
+    def _set_room_config(self, size: int) -> None:
+        full = self.full_config
+        check_int("room size", size, 2, full.size)
+        objects = full.num_objects if size == full.size else min(2, full.num_objects)
+        self.config = InstructionConfig(size, objects, full.delay_min, full.delay_max,
+                                        full.max_steps, full.view_size)  # fmt: skip
+        self.size = size
+        self.side = size + 2  # cells per row, walls included
+        self.room_size = torch.tensor(size, device=self.device)
+        self._build_tables()
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, in the room it was taken in."""
+        room = data["tensors"].get("room_size")
+        if room is not None and int(room) != self.size:
+            self.set_room(int(room))
+        super().load_state_dict(data)
 
     def _build_tables(self) -> None:
         side, view, device = self.side, self.view_size, self.device

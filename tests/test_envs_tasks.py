@@ -118,6 +118,36 @@ def test_instruction_oracle_carries_out_every_instruction():
     assert (info["instructions_resolved"] >= benv.max_steps // benv.config.delay_max).all()
 
 
+def test_instruction_room_curriculum_plays_a_smaller_room_with_two_balls():
+    from envs.core import BALL, UNSEEN
+
+    benv = envs.make_batched("instruction", 64, seed=0)
+    benv.reset()
+    benv.set_room(3)
+    obs = benv.reset()
+    assert benv.object_slots.shape == (64, 2) and int(benv.room_size) == 3
+    # Two balls in view in every window; beyond the 5 x 5 room (walls included), unseen.
+    image = obs["image"]
+    assert ((image[..., 0] == BALL).sum(dim=(1, 2)) == 2).all()
+    assert (image[..., 0] == UNSEEN).any()
+    info = run_until_done(benv, lambda e: e.oracle_actions(), benv.max_steps)
+    assert info["success"].all()
+    # A state taken in the small room resumes there, in an env built for the full task.
+    for _ in range(7):
+        benv.step(benv.oracle_actions())
+    other = envs.make_batched("instruction", 64, seed=1)
+    other.load_state_dict(benv.state_dict())
+    assert other.size == 3 and other.object_slots.shape == (64, 2)
+    for _ in range(60):
+        expected, got = benv.step(benv.oracle_actions()), other.step(other.oracle_actions())
+        assert torch.equal(expected[0]["image"], got[0]["image"])
+        assert torch.equal(expected[1], got[1])
+    benv.set_room(5)
+    assert benv.object_slots.shape == (64, 4) and benv.config.size == 5
+    with pytest.raises(ValueError, match=r"room size must be an integer \[2, 5\], got 6"):
+        benv.set_room(6)
+
+
 def test_instruction_memoryless_policy_is_near_one_in_num_objects():
     # Without memory the instruction is gone one step after it is shown: the
     # natural reactive strategy waits in front of one ball and presses on.

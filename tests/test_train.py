@@ -161,6 +161,23 @@ def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
     assert config["env_kwargs"]["length"] == 24  # what evaluation uses
 
 
+def test_instruction_curriculum_moves_from_a_small_room_to_the_task(tmp_path):
+    # Short episodes in a 3 x 3 room with 2 balls: a random policy carries out every
+    # instruction of some of them, so a bar of 0.01 moves on at the first row with episodes.
+    run_dir = tmp_path / "run"
+    argv = ["--env", "instruction", "--max-steps", "24", "--delay-min", "14",
+            "--curriculum-start", "3", "--curriculum-success", "0.01", *TINY[4:],
+            "--total-steps", "1280", "--run-dir", str(run_dir)]  # fmt: skip
+    assert train_rl.main(argv, progress=False) == 0
+    stages = [float(r["task_longest"]) for r in rows(run_dir)]
+    assert stages[0] == 3 and stages[-1] == 5 and stages == sorted(stages)
+    assert set(stages) == {3, 5}
+    run = RunDir.open(run_dir)
+    assert int(run.load_checkpoint()["collector"]["env"]["tensors"]["room_size"]) == 5
+    resumed = Trainer(run.config(), run, resume=True, progress=False)
+    assert resumed.env.size == 5 and resumed.env.object_slots.shape[1] == 4
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -172,7 +189,10 @@ def test_length_curriculum_doubles_the_corridor_up_to_its_length(tmp_path):
         (["--learning-rate", "-1"], "--learning-rate must be in (0.0, 1.0], got -1.0"),
         (["--resume", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
         (["--curriculum-start", "2"], "--curriculum-start must be in [5, 1000]"),
-        (["--env", "portal", "--curriculum-start", "5"], "applies only to the corridor"),
+        (["--env", "portal", "--curriculum-start", "5"],
+         "applies only to the corridor and instruction, not portal"),
+        (["--env", "instruction", "--curriculum-start", "6"],
+         "--curriculum-start must be in [2, 5] (a room size up to --size), got 6"),
         (["--length", "50", "--min-length", "20", "--curriculum-start", "10"],
          "--curriculum-start must be in [20, 50]"),
         (["--ent-coef", "0", "--ent-coef-final", "0.01"], "--ent-coef-final needs --ent-coef"),
@@ -311,3 +331,56 @@ def test_corridor_preset_sets_each_learners_entropy_and_flags_override_it(
     flags = {"ent_coef": 0.02, "learning_rate": 3e-4}
     learner = resolve(Args(env="corridor", length=100, algo=algo, **flags)).learner
     assert (learner.ent_coef, learner.learning_rate) == (0.02, 3e-4)
+
+
+def test_a_greedy_check_of_the_full_task_must_confirm_the_stop(tmp_path, capsys, monkeypatch):
+    import agents.evaluate
+
+    # Checks whose greedy episodes fail, then succeed: the first interval that meets the
+    # targets is checked and training goes on; the next check comes 5 intervals later.
+    outcomes = iter([0.0, 1.0])
+    real_evaluate = agents.evaluate.evaluate
+    played = []
+
+    def scripted(env, agent, episodes, seed=None):
+        result = real_evaluate(env, agent, episodes, seed=seed)
+        played.append((env.num_envs, episodes, env.config.min_length, env.config.length))
+        result.success_rate = next(outcomes)
+        return result
+
+    monkeypatch.setattr(agents.evaluate, "evaluate", scripted)
+    targets = ["--total-steps", "2560", "--target-success", "0.01", "--target-alive", "1000",
+               "--confirm-episodes", "12"]  # fmt: skip
+    run_dir = train(tmp_path, *targets)
+    lines = (run_dir / "target_checks.jsonl").read_text().splitlines()
+    checks = [json.loads(line) for line in lines]
+    assert [(c["update"], c["success_rate"], c["passed"]) for c in checks] == [
+        (1, 0.0, False), (6, 1.0, True)]  # fmt: skip
+    assert all(c["episodes"] == 12 and c["mem_alive_mean"] >= 1 for c in checks)
+    # 8 envs (the run's) play the 12 episodes of the full, fixed-length corridor.
+    assert played == [(8, 12, 4, 4)] * 2
+    assert len(rows(run_dir)) == 6
+    out = capsys.readouterr().out
+    assert "target check at step 128: 12 greedy episodes of the full task, success 0.000" in out
+    assert "not met, training on" in out and "stopped at step 768" in out
+    # A resume from before the second check drops it from the log (and repeats it), as it
+    # drops a line cut short by a kill.
+    with open(run_dir / "target_checks.jsonl", "a") as handle:
+        handle.write('{"global_step": 8')
+    RunDir(run_dir).truncate_metrics(512)
+    assert len((run_dir / "target_checks.jsonl").read_text().splitlines()) == 1
+
+
+def test_the_greedy_check_is_checked_and_off_unless_given():
+    from agents.config import Args, ConfigError, resolve
+
+    def confirm(**flags) -> int | None:
+        return resolve(Args(**flags)).run.confirm_episodes
+
+    assert confirm(env="portal") is None
+    assert confirm(env="corridor", length=1000, target_success=0.9, confirm_episodes=50) == 50
+    assert confirm(env="corridor", length=1000, target_success=0.9, confirm_episodes=0) is None
+    with pytest.raises(ConfigError, match=r"--confirm-episodes must be >= 0 \(0: off\), got -1"):
+        resolve(Args(env="corridor", confirm_episodes=-1))
+    with pytest.raises(ConfigError, match=r"--confirm-episodes 10 needs a success target"):
+        resolve(Args(env="corridor", target_success=0.0, confirm_episodes=10))
