@@ -341,12 +341,18 @@ def preset(
                 curriculum_start=max(10, min_length) if min_length < length else 10,
                 ent_coef=0.03, ent_coef_final=0.01,
             )  # fmt: skip
-        # Few memories alive is opt-in, not the preset (measured on corridor 1000): span lr
-        # x0.1 with R = 8 over 3M steps, stopping at 0.99 with at most 30 memories alive
-        # (--target-alive 30), left about 3 % of the length alive at 1.000 in 4 runs of 6;
-        # in the other two the cue spans fell below the length during the curriculum
-        # (0.503, and 0.748 from a run that stopped at 0.995 training success over random
-        # lengths). The preset's x0.03 and R = 16 scored 1.000 in 6 of 6, 50 % alive.
+        # Few memories alive (measured on corridor 1000): span lr x0.03 with R = 16 scored
+        # 1.000 in 6 runs of 6 but kept 50 % of the length alive. Span lr x0.1 with R = 8
+        # over 3M steps, stopping at 0.99 training success with at most 30 alive, left about
+        # 3 % alive at 1.000 in 4 runs of 6; in the other two the cue spans fell below the
+        # length during the curriculum (0.503), or the run stopped at 0.995 training success
+        # over random lengths but scored 0.748 at the full length. Hence a tenth of the
+        # episodes at the full length once it is reached, and a stop that waits for 100
+        # greedy episodes of the full length to confirm both targets (see `resolve`).
+        if algo == "ppo" and policy == "expire_span" and length >= FEW_MEMORIES_FROM:
+            learner.update(span_lr_scale=0.1, curriculum_full_fraction=0.1,
+                           total_steps=max(4_000_000, 4_000 * length))  # fmt: skip
+            policy_kwargs.update(ramp_length=8)
         if algo == "impala":
             # IMPALA's policy gradient uses the raw V-trace advantages (PPO normalises them),
             # so PPO's entropy bonus swamps it. Measured, seed 1: corridor 5 at entropy 0.01
@@ -399,6 +405,7 @@ def preset(
         policy_kwargs.update(max_span=512)
     if policy != "expire_span":
         policy_kwargs.pop("max_span", None)
+        policy_kwargs.pop("ramp_length", None)
     return learner, policy_kwargs
 
 
@@ -407,6 +414,16 @@ CORRIDOR_TARGET_SUCCESS = 0.99
 
 CURRICULUM_FROM = 20
 """Corridors at least this long train with the preset's random lengths and curriculum."""
+
+FEW_MEMORIES_FROM = 1000
+"""Corridors at least this long (with Expire-Span and PPO) train their spans down to
+`FEW_MEMORIES_SHARE` of the length before the preset's stop."""
+
+FEW_MEMORIES_SHARE = 0.05
+"""The corridor preset's --target-alive, as a share of the length (the issue's bar)."""
+
+CONFIRM_EPISODES = 100
+"""The corridor preset's --confirm-episodes where it sets --target-alive."""
 
 INSTRUCTION_CURRICULUM_FROM = 5
 """Instruction rooms at least this large train with the preset's room curriculum (from 3)."""
@@ -634,23 +651,32 @@ def resolve(args: Args) -> TrainConfig:
     )
     check_run_overrides(args)
     target = args.target_success
-    trains_past_full = (learner.span_lr_scale_final is not None
-                        or bool(learner.curriculum_full_fraction))  # fmt: skip
+    # Flags that ask for training past the full length (the preset's own full-length
+    # episodes do not).
+    trains_past_full = (args.span_lr_scale_final is not None
+                        or args.curriculum_full_fraction is not None)  # fmt: skip
     if target is None and env_name == "corridor" and not trains_past_full:
         # Measured on corridor 1000, seeds 1-3: stopping at the first interval at 0.99 on
         # the full length (0.9-1.4M steps, 5-6 min with 3 runs on 2 cores) scored 1.000 over
         # 1000 episodes for all three; training on to 2.5M let seed 3 forget a cue colour
         # (0.76) while the spans came down only slowly (50 % of memories alive either way).
         target = CORRIDOR_TARGET_SUCCESS
-    alive = args.target_alive
+    alive, confirm = args.target_alive, args.confirm_episodes
+    few_memories = (
+        env_name == "corridor" and args.policy == "expire_span" and learner.algo == "ppo"
+        and env_kwargs["length"] >= FEW_MEMORIES_FROM
+    )  # fmt: skip
+    if few_memories and target and args.target_success is None:
+        # The preset's stop waits for few memories alive, confirmed by greedy episodes.
+        alive = FEW_MEMORIES_SHARE * env_kwargs["length"] if alive is None else alive
+        confirm = CONFIRM_EPISODES if confirm is None else confirm
     _check(
         not alive or bool(target),
         f"--target-alive {alive} needs a success target to stop at (--target-success)",
     )
     _check(
-        not args.confirm_episodes or bool(target),
-        f"--confirm-episodes {args.confirm_episodes} needs a success target to confirm "
-        "(--target-success)",
+        not confirm or bool(target),
+        f"--confirm-episodes {confirm} needs a success target to confirm (--target-success)",
     )
     _check(
         not alive or args.policy != "lstm",
@@ -664,7 +690,7 @@ def resolve(args: Args) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         target_success=target or None,
         target_alive=alive or None,
-        confirm_episodes=args.confirm_episodes or None,
+        confirm_episodes=confirm or None,
         threads=args.threads,
     )
     return TrainConfig(env_name, env_kwargs, args.policy, policy_kwargs, learner, run)

@@ -306,7 +306,13 @@ def test_the_alive_memories_target_is_checked_and_off_unless_given():
     def alive(**flags) -> float | None:
         return resolve(Args(**flags)).run.target_alive
 
-    assert alive(env="corridor", length=1000) is None
+    # The preset's stop waits for 5 % of the length alive from length 1000 (Expire-Span, PPO).
+    assert alive(env="corridor", length=1000) == 50
+    assert alive(env="corridor", length=2000) == 100
+    assert alive(env="corridor", length=500) is None
+    assert alive(env="corridor", length=1000, algo="impala") is None
+    assert alive(env="corridor", length=1000, policy="trxl") is None
+    assert alive(env="corridor", length=1000, target_success=0.95) is None  # a stop of one's own
     assert alive(env="corridor", length=1000, target_alive=30.0) == 30
     assert alive(env="corridor", length=1000, target_alive=0.0) is None
     with pytest.raises(ConfigError, match=r"--target-alive must be a number of memories >= 0 "
@@ -378,9 +384,32 @@ def test_the_greedy_check_is_checked_and_off_unless_given():
         return resolve(Args(**flags)).run.confirm_episodes
 
     assert confirm(env="portal") is None
+    assert confirm(env="corridor", length=500) is None
+    assert confirm(env="corridor", length=1000) == 100  # with the preset's alive target
+    assert confirm(env="corridor", length=1000, confirm_episodes=0) is None
+    assert confirm(env="corridor", length=1000, target_success=0.0) is None
     assert confirm(env="corridor", length=1000, target_success=0.9, confirm_episodes=50) == 50
     assert confirm(env="corridor", length=1000, target_success=0.9, confirm_episodes=0) is None
     with pytest.raises(ConfigError, match=r"--confirm-episodes must be >= 0 \(0: off\), got -1"):
         resolve(Args(env="corridor", confirm_episodes=-1))
     with pytest.raises(ConfigError, match=r"--confirm-episodes 10 needs a success target"):
         resolve(Args(env="corridor", target_success=0.0, confirm_episodes=10))
+
+
+def test_presets_for_few_corridor_memories_and_the_instruction_room_curriculum():
+    from agents.config import Args, resolve
+
+    long = resolve(Args(env="corridor", length=1000))
+    assert (long.learner.span_lr_scale, long.learner.curriculum_full_fraction) == (0.1, 0.1)
+    assert long.policy_kwargs["ramp_length"] == 8
+    for other in (Args(env="corridor", length=500), Args(env="corridor", algo="impala")):
+        config = resolve(other)
+        assert (config.learner.span_lr_scale, config.learner.curriculum_full_fraction) == (
+            0.03, 0.0)  # fmt: skip
+        assert "ramp_length" not in config.policy_kwargs
+    instruction = resolve(Args(env="instruction"))
+    assert (instruction.learner.curriculum_start, instruction.learner.curriculum_success) == (
+        3, 0.3)  # fmt: skip
+    assert instruction.policy_kwargs["egocentric"] is True
+    assert resolve(Args(env="instruction", size=4)).learner.curriculum_start is None
+    assert resolve(Args(env="instruction", egocentric=False)).policy_kwargs["egocentric"] is False
