@@ -350,9 +350,10 @@ def preset(
         # episodes at the full length once it is reached, and a stop that waits for 100
         # greedy episodes of the full length to confirm both targets (see `resolve`).
         if algo == "ppo" and policy == "expire_span" and length >= FEW_MEMORIES_FROM:
-            learner.update(span_lr_scale=0.1, curriculum_full_fraction=0.1,
-                           total_steps=max(4_000_000, 4_000 * length))  # fmt: skip
+            learner.update(span_lr_scale=0.1, total_steps=max(4_000_000, 4_000 * length))
             policy_kwargs.update(ramp_length=8)
+            if task_kwargs.get("min_length", length) < length:  # random lengths
+                learner.update(curriculum_full_fraction=0.1)
         if algo == "impala":
             # IMPALA's policy gradient uses the raw V-trace advantages (PPO normalises them),
             # so PPO's entropy bonus swamps it. Measured, seed 1: corridor 5 at entropy 0.01

@@ -402,6 +402,8 @@ def test_presets_for_few_corridor_memories_and_the_instruction_room_curriculum()
     long = resolve(Args(env="corridor", length=1000))
     assert (long.learner.span_lr_scale, long.learner.curriculum_full_fraction) == (0.1, 0.1)
     assert long.policy_kwargs["ramp_length"] == 8
+    fixed = resolve(Args(env="corridor", length=1000, min_length=1000))  # no random lengths
+    assert (fixed.learner.span_lr_scale, fixed.learner.curriculum_full_fraction) == (0.1, 0.0)
     for other in (Args(env="corridor", length=500), Args(env="corridor", algo="impala")):
         config = resolve(other)
         assert (config.learner.span_lr_scale, config.learner.curriculum_full_fraction) == (
