@@ -55,8 +55,9 @@ METRIC_COLUMNS: dict[str, str] = {
     "mem_alive_mean": "memories alive per env after the rollout (mean over envs and layers)",
     "mem_alive_max": "largest alive count of any env and layer",
     "span_mean": "mean predicted span of new memories in the last rollout step",
-    "task_longest": "longest corridor drawn in the interval: below the full length while a "
-    "length curriculum runs (empty for the other tasks)",
+    "task_longest": "the curriculum's stage in the interval: the longest corridor drawn (below "
+    "the full length while a length curriculum runs), or the Instruction room's size (empty "
+    "without a curriculum)",
 }
 TENSORBOARD_PREFIX = {
     "sps": "charts", "episodes": "charts", "success_rate": "charts", "episode_return": "charts",
