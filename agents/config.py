@@ -399,8 +399,8 @@ def preset(
         # agent's weights, it carried out 94 % of the oracle's at 5.3M steps: hence a room
         # curriculum, moved on at 0.3 success (about 91 % of the oracle's instructions in the
         # 3 x 3 room), and the egocentric view. Measured, seeds 1-3 (15M steps): 90.4 % and
-        # 65.2 % of the oracle for seeds 1 and 2 (on the task from 4.7M steps); seed 3 left
-        # the small room only at 10.5M steps.
+        # 65.2 % of the oracle for seeds 1 and 2 (on the task from 4.7M steps); 50.2 % for
+        # seed 3, which left the small room only at 10.5M steps.
         size = task_kwargs.get("size", 5)
         learner.update(gamma=0.95, total_steps=15_000_000)
         if size >= INSTRUCTION_CURRICULUM_FROM:
