@@ -349,9 +349,10 @@ def preset(
         # over random lengths but scored 0.748 at the full length. Hence a tenth of the
         # episodes at the full length once it is reached, and a stop that waits for 100
         # greedy episodes of the full length to confirm both targets (see `resolve`).
-        # Measured, seeds 1-3: 1.000 greedy with 3.8 % and 1.7 % alive (1.72M, 3.36M
-        # steps); seed 3 waits at the first cell when greedy (0.59 at 3.93M steps), so it
-        # trains for all 4M steps (sampled: 1.000 with 1.9 % alive).
+        # Measured, seeds 1-3, torch's default threads: 1.000 greedy with 4.7 %, 1.7 % and
+        # 4.7 % alive (176 s, 620 s, 183 s). With --threads 1: 1.000 with 3.8 % and 1.7 %
+        # for seeds 1 and 2; seed 3 waits at the first cell when greedy (0.59 at 3.93M
+        # steps), so it trains for all 4M steps (sampled: 1.000 with 1.9 % alive).
         if algo == "ppo" and policy == "expire_span" and length >= FEW_MEMORIES_FROM:
             learner.update(span_lr_scale=0.1, total_steps=max(4_000_000, 4_000 * length))
             policy_kwargs.update(ramp_length=8)
