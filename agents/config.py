@@ -353,7 +353,7 @@ def preset(
         # 4.7 % alive (176 s, 620 s, 183 s). With --threads 1: 1.000 with 3.8 % and 1.7 %
         # for seeds 1 and 2; seed 3 waits at the first cell when greedy (0.59 at 3.93M
         # steps), so it trains for all 4M steps (sampled: 1.000 with 1.9 % alive).
-        if algo == "ppo" and policy == "expire_span" and length >= FEW_MEMORIES_FROM:
+        if trains_few_memories(env, task_kwargs, policy, algo):
             learner.update(span_lr_scale=0.1, total_steps=max(4_000_000, 4_000 * length))
             policy_kwargs.update(ramp_length=8)
             if task_kwargs.get("min_length", length) < length:  # random lengths
@@ -434,6 +434,13 @@ CONFIRM_EPISODES = 100
 
 INSTRUCTION_CURRICULUM_FROM = 5
 """Instruction rooms at least this large train with the preset's room curriculum (from 3)."""
+
+
+def trains_few_memories(env: str, task_kwargs: dict[str, Any], policy: str, algo: str) -> bool:
+    """Whether the corridor preset trains the spans down to `FEW_MEMORIES_SHARE` of the
+    length (long corridors, Expire-Span with PPO)."""
+    return (env == "corridor" and policy == "expire_span" and algo == "ppo"
+            and task_kwargs.get("length", 1000) >= FEW_MEMORIES_FROM)  # fmt: skip
 
 
 def corridor_min_length(length: int, view_size: int) -> int:
@@ -669,10 +676,7 @@ def resolve(args: Args) -> TrainConfig:
         # (0.76) while the spans came down only slowly (50 % of memories alive either way).
         target = CORRIDOR_TARGET_SUCCESS
     alive, confirm = args.target_alive, args.confirm_episodes
-    few_memories = (
-        env_name == "corridor" and args.policy == "expire_span" and learner.algo == "ppo"
-        and env_kwargs["length"] >= FEW_MEMORIES_FROM
-    )  # fmt: skip
+    few_memories = trains_few_memories(env_name, env_kwargs, args.policy, learner.algo)
     if few_memories and target and args.target_success is None:
         # The preset's stop waits for few memories alive, confirmed by greedy episodes.
         alive = FEW_MEMORIES_SHARE * env_kwargs["length"] if alive is None else alive

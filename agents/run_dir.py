@@ -57,7 +57,7 @@ METRIC_COLUMNS: dict[str, str] = {
     "span_mean": "mean predicted span of new memories in the last rollout step",
     "task_longest": "the curriculum's stage in the interval: the longest corridor drawn (below "
     "the full length while a length curriculum runs), or the Instruction room's size (empty "
-    "without a curriculum)",
+    "for the other tasks)",
 }
 TENSORBOARD_PREFIX = {
     "sps": "charts", "episodes": "charts", "success_rate": "charts", "episode_return": "charts",

@@ -26,11 +26,6 @@ from agents.run_dir import TENSORBOARD_PREFIX, RunDir, is_main_process
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "impala": IMPALA}
 
-CURRICULUM_PARAMETER = {"corridor": "length", "instruction": "size"}
-"""The task parameter a curriculum (--curriculum-start) grows up to, per task."""
-STAGE_ATTRIBUTE = {"corridor": "longest", "instruction": "room_size"}
-"""The batched env's attribute that holds the curriculum's current stage."""
-
 CONFIRM_EVERY = 5
 """Metric intervals between two greedy checks of the targets (`Trainer._confirm_targets`)."""
 
@@ -260,22 +255,17 @@ class Trainer:
         return passed
 
     def _longest(self) -> float:
-        """The curriculum's current stage: the longest corridor, or the instruction room's
-        size (NaN without a curriculum)."""
-        if not self.curriculum:
-            return math.nan
-        return float(getattr(self.env, STAGE_ATTRIBUTE[self.config.env]))
+        """The task's curriculum stage: the longest corridor, or the instruction room's size
+        (NaN for tasks without one)."""
+        stage = getattr(self.env, "curriculum_stage", None)
+        return float(stage) if stage is not None else math.nan
 
     def _set_curriculum(self, stage: int, full_fraction: float = 0.0, restart: bool = True) -> None:
-        """Move the curriculum to ``stage``. A corridor stage applies to the next episodes; an
-        instruction room replaces the running episodes, so the collector ``restart``s (not
-        needed before it first resets)."""
-        if self.config.env == "corridor":
-            self.env.set_longest(stage, full_fraction)
-        else:
-            self.env.set_room(stage)
-            if restart:
-                self.collector.restart()
+        """Move the curriculum to ``stage``; where that replaces the running episodes, the
+        collector ``restart``s its memories too (not needed before it first resets)."""
+        self.env.set_curriculum_stage(stage, full_fraction)
+        if restart and self.env.stage_restarts_episodes:
+            self.collector.restart()
 
     def _advance_curriculum(self, row: dict[str, float]) -> bool:
         """Double the curriculum's stage (the longest corridor, the instruction room's size) up
@@ -293,7 +283,7 @@ class Trainer:
         return stage == full
 
     def _full_stage(self) -> int:
-        return int(self.config.env_kwargs[CURRICULUM_PARAMETER[self.config.env]])
+        return int(self.config.env_kwargs[self.env.curriculum_parameter])
 
     def _set_stage_settings(self) -> None:
         """The learner's entropy coefficient and span learning rate for the curriculum's

@@ -112,6 +112,12 @@ class BatchedEnv(abc.ABC):
 
     name: str = ""
     keep_final_obs: bool = False
+    curriculum_parameter: str | None = None
+    """The task parameter a training curriculum grows up to (None: no curriculum); such a
+    task also has ``curriculum_stage`` and ``set_curriculum_stage(stage, full_fraction)``."""
+    stage_restarts_episodes: bool = False
+    """Whether a new curriculum stage replaces the running episodes (so a learner's memory of
+    them must go too) rather than applying to the next ones."""
 
     def __init__(self, num_envs: int, max_steps: int, device: str | torch.device, seed: int | None):
         self.num_envs = check_int("num_envs", num_envs, 1)

@@ -120,6 +120,7 @@ class BatchedCorridor(BatchedEnv):
 
     config_class = CorridorConfig
     name = "corridor"
+    curriculum_parameter = "length"
 
     def __init__(
         self,
@@ -189,6 +190,13 @@ class BatchedCorridor(BatchedEnv):
             raise ValueError(f"full_fraction must be in [0, 1], got {full_fraction}")
         self.longest = torch.tensor(int(longest), device=self.device)
         self.full_fraction = torch.tensor(float(full_fraction), device=self.device)
+
+    @property
+    def curriculum_stage(self) -> int:
+        return int(self.longest)
+
+    def set_curriculum_stage(self, stage: int, full_fraction: float = 0.0) -> None:
+        self.set_longest(stage, full_fraction)
 
     # The colours are kept packed in one key (the table lookup needs only it).
     @property

@@ -126,6 +126,8 @@ class BatchedInstruction(BatchedEnv):
 
     config_class = InstructionConfig
     name = "instruction"
+    curriculum_parameter = "size"
+    stage_restarts_episodes = True
     WALL_CODE = 255
 
     def __init__(
@@ -150,6 +152,16 @@ class BatchedInstruction(BatchedEnv):
         self._set_room_config(size)
         self._start_episodes(None)
         self.episode_return.zero_()
+
+    @property
+    def curriculum_stage(self) -> int:
+        return self.size
+
+    def set_curriculum_stage(self, stage: int, full_fraction: float = 0.0) -> None:
+        """The room's size is the stage (there is no share of full-task episodes)."""
+        if full_fraction:
+            raise ValueError(f"an instruction room has no full_fraction, got {full_fraction}")
+        self.set_room(stage)
 
     def _set_room_config(self, size: int) -> None:
         full = self.full_config

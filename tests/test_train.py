@@ -48,6 +48,7 @@ def test_every_policy_and_learner_trains_and_writes_a_run_directory(tmp_path, po
     table = rows(run_dir)
     assert list(table[0]) == list(METRIC_COLUMNS)
     assert [int(r["global_step"]) for r in table] == [128, 256, 384]
+    assert all(float(r["task_longest"]) == 4 for r in table)  # the corridor's own length
     assert all(float(r["episodes"]) > 0 for r in table)
     assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
     checkpoint = RunDir.open(run_dir).load_checkpoint()
