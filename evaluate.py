@@ -201,6 +201,9 @@ def report(summary: dict[str, Any]) -> list[tuple[str, str]]:
         counters = "".join(f", {k} {_format(v)}" for k, v in oracle["counters"].items())
         rows.append(("oracle", f"success {_format(oracle['success_rate'])}, return "
                                f"{_format(oracle['mean_return'])}{counters}"))  # fmt: skip
+        if summary.get("oracle_share") is not None:
+            rows.append(("share of oracle", f"{100 * summary['oracle_share']:.1f} % of its "
+                                            f"{summary['score'].replace('_', ' ')}"))  # fmt: skip
         if summary["deterministic"] and summary.get("timeout_rate") and not oracle["timeout_rate"]:
             # The oracle finishes every episode in time, so the policy's time-outs may be a
             # greedy loop: repeating a no-op for ever where the sampled policy moves on.
@@ -250,18 +253,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def evaluate_episodes(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
     """The policy's evaluation (and the oracle's, on the same settings), for eval.json."""
-    from agents.evaluate import OracleAgent, PolicyAgent, evaluate
+    from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle
 
     num_envs = min(args.num_envs or loaded.config.learner.num_envs, args.episodes)
-    env = loaded.make_env(num_envs, args.seed)
     agent = PolicyAgent(loaded.policy, args.deterministic, args.seed)
-    result = evaluate(env, agent, args.episodes, seed=args.seed).to_dict()
-    if args.oracle and loaded.config.env in envs.TASKS:  # gym ids have no oracle
-        oracle_env = loaded.make_env(num_envs, args.seed)
-        oracle = evaluate(oracle_env, OracleAgent(oracle_env), args.episodes, seed=args.seed)
-        keys = ("success_rate", "mean_return", "mean_length", "timeout_rate", "counters")
-        result["oracle"] = {key: oracle.to_dict()[key] for key in keys}
-    return result
+    if not (args.oracle and loaded.config.env in envs.TASKS):  # gym ids have no oracle
+        env = loaded.make_env(num_envs, args.seed)
+        return evaluate(env, agent, args.episodes, seed=args.seed).to_dict()
+    result, oracle, share = evaluate_with_oracle(
+        lambda: loaded.make_env(num_envs, args.seed), agent, args.episodes, args.seed
+    )
+    keys = ("success_rate", "mean_return", "mean_length", "timeout_rate", "counters")
+    score = envs.TASKS[loaded.config.env][0].score_counter or "success_rate"
+    return {**result.to_dict(), "oracle": {key: oracle.to_dict()[key] for key in keys},
+            "score": score, "oracle_share": share}  # fmt: skip
 
 
 def record(args: argparse.Namespace, loaded: Any) -> list[dict[str, Any]]:

@@ -21,12 +21,15 @@ from agents.config import (
     TrainConfig,
     check_run_overrides,
     flag_name,
+    oracle_share_confirm,
     resolve,
 )
 from agents.learner import NonFiniteLossError
 from agents.run_dir import RunDir, RunDirError, default_name
 
-RESUME_OVERRIDES = ("threads", "target_success", "target_alive", "confirm_episodes")
+RESUME_OVERRIDES = (
+    "threads", "target_success", "target_alive", "confirm_episodes", "target_oracle_share"
+)
 """Flags a resumed run may change: none alters what the run computed up to now."""
 
 
@@ -64,13 +67,22 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
     # Given overrides replace the run's values; 0 turns a target off (threads are >= 1).
     changes = {name: getattr(args, name) or None for name in RESUME_OVERRIDES
                if getattr(args, name) is not None}  # fmt: skip
-    return dataclasses.replace(run_config, run=dataclasses.replace(run_config.run, **changes))
+    run = dataclasses.replace(run_config.run, **changes)
+    confirm = run.confirm_episodes if args.confirm_episodes is None else args.confirm_episodes
+    confirm = oracle_share_confirm(run.target_oracle_share, confirm, run_config.env)
+    run = dataclasses.replace(run, confirm_episodes=confirm or None)
+    return dataclasses.replace(run_config, run=run)
 
 
 def target_outcome(config: TrainConfig, row: dict[str, float], reached: bool) -> str:
     """One line on whether a run with --target-success stopped at its targets."""
     run = config.run
-    targets = f"success >= {run.target_success:g}"
+    parts = []
+    if run.target_success is not None:
+        parts.append(f"success >= {run.target_success:g}")
+    if run.target_oracle_share is not None:
+        parts.append(f"{run.target_oracle_share:.0%} of the oracle's score")
+    targets = " and ".join(parts)
     if run.target_alive is not None:
         targets += f" with at most {run.target_alive:g} memories alive"
     if reached:
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
         trainer = Trainer(config, run_dir, resume=resume, progress=progress)
         print(f"run directory: {run_dir.path}", flush=True)
         row = trainer.run()
-        if config.run.target_success is not None:
+        if config.run.target_success is not None or config.run.target_oracle_share is not None:
             print(target_outcome(config, row, trainer.reached_targets), flush=True)
     except (ConfigError, RunDirError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -124,9 +124,10 @@ class Args:
     total_steps: PresetInt = None
     """Env steps to train for (all envs together)."""
     learning_rate: PresetFloat = None
-    """Adam learning rate (annealed linearly to 0 unless --no-anneal-lr)."""
-    anneal_lr: bool = True
-    """Anneal the learning rate linearly to 0 over the run."""
+    """Adam learning rate (annealed linearly to 0 unless --anneal-lr False)."""
+    anneal_lr: PresetBool = None
+    """Anneal the learning rate linearly to 0 over --total-steps (presets: on, but off for
+    Instruction, which stops at its target instead)."""
     span_lr_scale: PresetFloat = None
     """Learning-rate multiplier of the span predictors."""
     gamma: PresetFloat = None
@@ -206,6 +207,11 @@ class Args:
     """With --target-success: once an interval meets the targets, play this many greedy
     episodes of the full task and stop only if they meet them too (0: the interval alone
     decides); checked at most once every 5 intervals."""
+    target_oracle_share: PresetFloat = None
+    """Stop once --confirm-episodes greedy episodes of the full task (default 100) score at
+    least this share of the task's scripted oracle on the same episodes (Portal: goals;
+    Instruction: instructions carried out; corridor: success), checked every 5 intervals
+    on the full task; 0: off. Instruction preset: 0.93."""
     threads: ThreadCount = None
     """CPU threads for torch (1 is often fastest on a small shared machine)."""
 
@@ -268,6 +274,7 @@ class RunConfig:
     target_alive: float | None = None
     confirm_episodes: int | None = None
     threads: int | None = None
+    target_oracle_share: float | None = None
 
 
 @dataclass
@@ -402,8 +409,12 @@ def preset(
         # 3 x 3 room), and the egocentric view. Measured, seeds 1-3 (15M steps): 90.4 % and
         # 65.2 % of the oracle for seeds 1 and 2 (on the task from 4.7M steps); 50.2 % for
         # seed 3, which left the small room only at 10.5M steps.
+        # With the learning rate annealed over 15M steps the runs had 30-70 % of it left on
+        # the task; the run above started from the 3 x 3 agent had a fresh schedule. Hence
+        # a constant learning rate and a stop at INSTRUCTION_ORACLE_SHARE of the oracle's
+        # instructions (greedy, see `resolve`) within a budget for the slow seeds.
         size = task_kwargs.get("size", 5)
-        learner.update(gamma=0.95, total_steps=15_000_000)
+        learner.update(gamma=0.95, total_steps=30_000_000, anneal_lr=False)
         if size >= INSTRUCTION_CURRICULUM_FROM:
             learner.update(curriculum_start=3, curriculum_success=0.3)
         policy_kwargs.update(max_span=256, egocentric=True)
@@ -431,6 +442,9 @@ FEW_MEMORIES_SHARE = 0.05
 
 CONFIRM_EPISODES = 100
 """The corridor preset's --confirm-episodes where it sets --target-alive."""
+
+INSTRUCTION_ORACLE_SHARE = 0.93
+"""The Instruction preset's --target-oracle-share."""
 
 INSTRUCTION_CURRICULUM_FROM = 5
 """Instruction rooms at least this large train with the preset's room curriculum (from 3)."""
@@ -533,10 +547,10 @@ def _fields(kind: str) -> set[str]:
 
 def resolve_learner(args: Args, preset_learner: dict[str, Any]) -> LearnerConfig:
     """Learner settings: defaults, then the task's preset, then flags; validated."""
-    learner = LearnerConfig(algo=args.algo, anneal_lr=args.anneal_lr, **preset_learner)
+    learner = LearnerConfig(algo=args.algo, **preset_learner)
     for f in dataclasses.fields(LearnerConfig):
         value = getattr(args, f.name, None)
-        if f.name not in ("algo", "anneal_lr") and value is not None:
+        if f.name != "algo" and value is not None:
             setattr(learner, f.name, value)
     if args.chunk_length is None:
         learner.chunk_length = min(learner.chunk_length, learner.num_steps)
@@ -636,6 +650,22 @@ def check_run_overrides(args: Args) -> None:
     )
     _check(args.confirm_episodes is None or args.confirm_episodes >= 0,
            f"--confirm-episodes must be >= 0 (0: off), got {args.confirm_episodes}")  # fmt: skip
+    share = args.target_oracle_share
+    _check(share is None or 0.0 <= share <= 1.0,
+           f"--target-oracle-share must be in [0, 1] (0: off), got {share}")  # fmt: skip
+
+
+def oracle_share_confirm(share: float | None, confirm: int | None, env: str) -> int | None:
+    """The greedy episodes that score a --target-oracle-share ``share`` (``confirm`` as given,
+    by default `CONFIRM_EPISODES`); checks that the task has an oracle to score against."""
+    if not share:
+        return confirm
+    _check(env in envs.TASKS,
+           f"--target-oracle-share needs one of the suite's tasks ({', '.join(envs.TASKS)}), "
+           f"which have a scripted oracle, not {env}")  # fmt: skip
+    _check(confirm != 0, "--target-oracle-share needs greedy episodes to score: "
+                         "--confirm-episodes must be >= 1 with it, got 0")  # fmt: skip
+    return CONFIRM_EPISODES if confirm is None else confirm
 
 
 def resolve(args: Args) -> TrainConfig:
@@ -681,13 +711,22 @@ def resolve(args: Args) -> TrainConfig:
         # The preset's stop waits for few memories alive, confirmed by greedy episodes.
         alive = FEW_MEMORIES_SHARE * env_kwargs["length"] if alive is None else alive
         confirm = CONFIRM_EPISODES if confirm is None else confirm
+    share = args.target_oracle_share
+    if share is None and env_name == "instruction":
+        # Measured: the preset's runs score 50-90 % of the oracle after 15M steps (seeds
+        # 1-3), depending on when they leave the small room; a stop at 93 % (above the
+        # issue's bar of 90 %, for the noise of 100 episodes) lets one budget serve them all.
+        share = INSTRUCTION_ORACLE_SHARE
+    confirm = oracle_share_confirm(share, confirm, env_name)
     _check(
-        not alive or bool(target),
-        f"--target-alive {alive} needs a success target to stop at (--target-success)",
+        not alive or bool(target) or bool(share),
+        f"--target-alive {alive} needs a target to stop at (--target-success or "
+        "--target-oracle-share)",
     )
     _check(
-        not confirm or bool(target),
-        f"--confirm-episodes {confirm} needs a success target to confirm (--target-success)",
+        not confirm or bool(target) or bool(share),
+        f"--confirm-episodes {confirm} needs a target to confirm (--target-success or "
+        "--target-oracle-share)",
     )
     _check(
         not alive or args.policy != "lstm",
@@ -703,5 +742,6 @@ def resolve(args: Args) -> TrainConfig:
         target_alive=alive or None,
         confirm_episodes=confirm or None,
         threads=args.threads,
+        target_oracle_share=share or None,
     )
     return TrainConfig(env_name, env_kwargs, args.policy, policy_kwargs, learner, run)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -275,6 +276,29 @@ def evaluate(
         if steps % check_interval == 0 and bool((finished >= targets).all()):
             break
     return tally.result(episodes, num_envs, steps * num_envs, time.perf_counter() - start)
+
+
+def task_score(result: EvalResult, env: Any) -> float:
+    """The score per episode the task is measured by against its oracle: the env's
+    ``score_counter`` (Portal goals, Instruction instructions carried out), or the success
+    rate."""
+    counter = getattr(env, "score_counter", None)
+    return result.counters.get(counter, math.nan) if counter else result.success_rate
+
+
+def evaluate_with_oracle(
+    new_env: Callable[[], Any], agent: Agent, episodes: int, seed: int
+) -> tuple[EvalResult, EvalResult, float]:
+    """Play ``agent`` and the task's scripted oracle on the same episodes (each in a fresh env
+    from ``new_env``, reset with ``seed``): both results and the agent's share of the oracle's
+    `task_score`."""
+    env = new_env()
+    result = evaluate(env, agent, episodes, seed=seed)
+    oracle_env = new_env()
+    oracle = evaluate(oracle_env, OracleAgent(oracle_env), episodes, seed=seed)
+    best = task_score(oracle, oracle_env)
+    share = task_score(result, env) / best if best > 0 else math.nan
+    return result, oracle, share
 
 
 # -- rebuilding a run ------------------------------------------------------------------------

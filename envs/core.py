@@ -118,6 +118,9 @@ class BatchedEnv(abc.ABC):
     stage_restarts_episodes: bool = False
     """Whether a new curriculum stage replaces the running episodes (so a learner's memory of
     them must go too) rather than applying to the next ones."""
+    score_counter: str | None = None
+    """The per-episode counter the task is scored by against its oracle (e.g. Portal's
+    ``goals``); None: the success rate."""
 
     def __init__(self, num_envs: int, max_steps: int, device: str | torch.device, seed: int | None):
         self.num_envs = check_int("num_envs", num_envs, 1)

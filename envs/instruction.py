@@ -128,6 +128,7 @@ class BatchedInstruction(BatchedEnv):
     name = "instruction"
     curriculum_parameter = "size"
     stage_restarts_episodes = True
+    score_counter = "instructions_carried"
     WALL_CODE = 255
 
     def __init__(

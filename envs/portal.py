@@ -86,6 +86,7 @@ class BatchedPortal(BatchedEnv):
 
     config_class = PortalConfig
     name = "portal"
+    score_counter = "goals"
 
     def __init__(
         self,

@@ -26,7 +26,9 @@ from agents.evaluate import (
     PolicyAgent,
     episode_targets,
     evaluate,
+    evaluate_with_oracle,
     load_run,
+    task_score,
     wilson_interval,
 )
 from policies import make_policy
@@ -72,6 +74,10 @@ def test_tiny_run_evaluates_to_sane_numbers_and_writes_eval_json(tiny_run, capsy
     assert summary["task"]["settings"] == {"length": 5, "num_colors": 2, "view_size": 3,
                                            "max_steps": 40, "min_length": 5}  # fmt: skip
     assert summary["oracle"]["success_rate"] == 1.0
+    # The corridor is scored by its success rate, so the share is the policy's over 1.0.
+    assert summary["score"] == "success_rate"
+    assert summary["oracle_share"] == pytest.approx(summary["success_rate"])
+    assert "share of oracle" in out
 
 
 def test_task_override_changes_the_task_and_its_default_time_limit(tiny_run, capsys):
@@ -128,6 +134,38 @@ def test_oracle_scores_one_through_the_evaluator(name, kwargs):
     if name == "instruction":
         assert result.counters["instructions_carried_fraction"] == 1.0
     assert math.isnan(result.mem_alive_mean)  # the oracle keeps no memory
+
+
+class IdleAgent:
+    """Turns left for ever: carries out no instruction and reaches no goal."""
+
+    def initial_state(self, num_envs, device):
+        return None
+
+    def act(self, obs, state, episode_starts):
+        return ActionStep(torch.zeros_like(episode_starts, dtype=torch.long), None, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "counter"),
+    [
+        ("portal", {"num_rooms": 2, "room_length": 3, "max_steps": 60}, "goals"),
+        ("instruction", {"size": 3, "delay_min": 10, "delay_max": 12, "max_steps": 60},
+         "instructions_carried"),
+    ],
+)
+def test_the_share_of_the_oracle_compares_the_tasks_score_on_the_same_episodes(
+    name, kwargs, counter
+):
+    def new_env():
+        return envs.make_batched(name, 4, seed=5, **kwargs)
+
+    result, oracle, share = evaluate_with_oracle(new_env, IdleAgent(), 8, seed=5)
+    assert result.counters[counter] == 0 and oracle.counters[counter] > 0 and share == 0.0
+    # The oracle played the same episodes as the agent: the oracle alone scores the same.
+    env = new_env()
+    alone = evaluate(env, OracleAgent(env), 8, seed=5)
+    assert task_score(alone, env) == task_score(oracle, env) == oracle.counters[counter]
 
 
 class FirstEpisodeOracle:

@@ -167,8 +167,8 @@ def test_instruction_curriculum_moves_from_a_small_room_to_the_task(tmp_path):
     # instruction of some of them, so a bar of 0.01 moves on at the first row with episodes.
     run_dir = tmp_path / "run"
     argv = ["--env", "instruction", "--max-steps", "24", "--delay-min", "14",
-            "--curriculum-start", "3", "--curriculum-success", "0.01", *TINY[4:],
-            "--total-steps", "1280", "--run-dir", str(run_dir)]  # fmt: skip
+            "--curriculum-start", "3", "--curriculum-success", "0.01", "--anneal-lr", "True",
+            *TINY[4:], "--total-steps", "1280", "--run-dir", str(run_dir)]  # fmt: skip
     assert train_rl.main(argv, progress=False) == 0
     stages = [float(r["task_longest"]) for r in rows(run_dir)]
     assert stages[0] == 3 and stages[-1] == 5 and stages == sorted(stages)
@@ -319,7 +319,7 @@ def test_the_alive_memories_target_is_checked_and_off_unless_given():
     with pytest.raises(ConfigError, match=r"--target-alive must be a number of memories >= 0 "
                                           r"\(0: off\), got -1.0"):
         resolve(Args(env="corridor", target_alive=-1.0))
-    with pytest.raises(ConfigError, match=r"--target-alive 10.0 needs a success target"):
+    with pytest.raises(ConfigError, match=r"--target-alive 10.0 needs a target to stop at"):
         resolve(Args(env="corridor", target_success=0.0, target_alive=10.0))
     with pytest.raises(ConfigError, match=r"--target-alive needs a policy with memories"):
         resolve(Args(env="corridor", policy="lstm", target_alive=10.0))
@@ -393,8 +393,65 @@ def test_the_greedy_check_is_checked_and_off_unless_given():
     assert confirm(env="corridor", length=1000, target_success=0.9, confirm_episodes=0) is None
     with pytest.raises(ConfigError, match=r"--confirm-episodes must be >= 0 \(0: off\), got -1"):
         resolve(Args(env="corridor", confirm_episodes=-1))
-    with pytest.raises(ConfigError, match=r"--confirm-episodes 10 needs a success target"):
+    with pytest.raises(ConfigError, match=r"--confirm-episodes 10 needs a target to confirm"):
         resolve(Args(env="corridor", target_success=0.0, confirm_episodes=10))
+
+
+def test_the_oracle_share_target_is_checked_and_the_instruction_presets_stop():
+    from agents.config import Args, ConfigError, resolve
+
+    def stop(**flags) -> tuple[float | None, int | None]:
+        run = resolve(Args(**flags)).run
+        return run.target_oracle_share, run.confirm_episodes
+
+    assert stop(env="instruction") == (0.93, 100)
+    assert stop(env="instruction", target_oracle_share=0.0) == (None, None)
+    assert stop(env="instruction", confirm_episodes=20) == (0.93, 20)
+    assert stop(env="portal") == (None, None)
+    assert stop(env="portal", target_oracle_share=0.8) == (0.8, 100)
+    with pytest.raises(ConfigError, match=r"--target-oracle-share must be in \[0, 1\]"):
+        resolve(Args(env="portal", target_oracle_share=1.5))
+    with pytest.raises(ConfigError, match=r"--confirm-episodes must be >= 1 with it, got 0"):
+        resolve(Args(env="instruction", confirm_episodes=0))
+    with pytest.raises(ConfigError, match=r"needs one of the suite's tasks .* not CartPole-v1"):
+        resolve(Args(env="CartPole-v1", target_oracle_share=0.9))
+
+
+def test_an_oracle_share_check_stops_the_run_and_a_resume_may_set_it(tmp_path, capsys, monkeypatch):
+    import agents.evaluate
+
+    # Checks scored 0.5, then 1.0 of the oracle: with no training target every interval
+    # on the full task may be checked, one in 5 is.
+    shares = iter([0.5, 1.0])
+    real = agents.evaluate.evaluate_with_oracle
+    played = []
+
+    def scripted(new_env, agent, episodes, seed):
+        result, oracle, _ = real(new_env, agent, episodes, seed)
+        played.append((episodes, oracle.success_rate))
+        return result, oracle, next(shares)
+
+    monkeypatch.setattr(agents.evaluate, "evaluate_with_oracle", scripted)
+    run_dir = train(tmp_path, "--total-steps", "2560", "--target-success", "0",
+                    "--target-oracle-share", "0.9", "--confirm-episodes", "6")  # fmt: skip
+    checks = [json.loads(line) for line in
+              (run_dir / "target_checks.jsonl").read_text().splitlines()]  # fmt: skip
+    assert [(c["update"], c["oracle_share"], c["passed"]) for c in checks] == [
+        (1, 0.5, False), (6, 1.0, True)]  # fmt: skip
+    assert played == [(6, 1.0)] * 2  # the corridor's oracle always succeeds
+    out = capsys.readouterr().out
+    assert "12 greedy" not in out and "success" in out and "50.0% of the oracle's score" in out
+    assert "stopped at step 768: 90% of the oracle's score on the full task" in out
+    # A resume may set it, or turn it off (0), as the other stop flags.
+    run = RunDir.open(run_dir).config().run
+    assert (run.target_oracle_share, run.confirm_episodes) == (0.9, 6)
+    argv = ["--resume", str(run_dir), "--target-oracle-share", "0"]
+    assert train_rl.main(argv, progress=False) == 0
+    run = RunDir.open(run_dir).config().run
+    assert (run.target_oracle_share, run.confirm_episodes) == (None, 6)
+    argv = ["--resume", str(run_dir), "--target-oracle-share", "0.5", "--confirm-episodes", "0"]
+    assert train_rl.main(argv, progress=False) == 2
+    assert "--confirm-episodes must be >= 1 with it, got 0" in capsys.readouterr().err
 
 
 def test_presets_for_few_corridor_memories_and_the_instruction_room_curriculum():
