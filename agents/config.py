@@ -206,7 +206,8 @@ class Args:
     confirm_episodes: PresetInt = None
     """With --target-success: once an interval meets the targets, play this many greedy
     episodes of the full task and stop only if they meet them too (0: the interval alone
-    decides); checked at most once every 5 intervals."""
+    decides); checked at most once every 5 intervals. Also the episodes that score
+    --target-oracle-share."""
     target_oracle_share: PresetFloat = None
     """Stop once --confirm-episodes greedy episodes of the full task (default 100) score at
     least this share of the task's scripted oracle on the same episodes (Portal: goals;
@@ -441,7 +442,8 @@ FEW_MEMORIES_SHARE = 0.05
 """The corridor preset's --target-alive, as a share of the length (the issue's bar)."""
 
 CONFIRM_EPISODES = 100
-"""The corridor preset's --confirm-episodes where it sets --target-alive."""
+"""The corridor preset's --confirm-episodes where it sets --target-alive, and the default
+with --target-oracle-share."""
 
 INSTRUCTION_ORACLE_SHARE = 0.93
 """The Instruction preset's --target-oracle-share."""
