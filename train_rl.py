@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import tyro
 
@@ -74,8 +75,11 @@ def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(run_config, run=run)
 
 
-def target_outcome(config: TrainConfig, row: dict[str, float], reached: bool) -> str:
-    """One line on whether a run with --target-success stopped at its targets."""
+def target_outcome(
+    config: TrainConfig, row: dict[str, float], reached: bool, checks: list[dict[str, Any]]
+) -> str:
+    """One line on whether a run with a target (--target-success, --target-oracle-share)
+    stopped at it."""
     run = config.run
     parts = []
     if run.target_success is not None:
@@ -87,11 +91,17 @@ def target_outcome(config: TrainConfig, row: dict[str, float], reached: bool) ->
         targets += f" with at most {run.target_alive:g} memories alive"
     if reached:
         return f"stopped at step {int(row['global_step'])}: {targets} on the full task"
-    last = f"success {row.get('success_rate', math.nan):.3f}"
+    last = f"last interval: success {row.get('success_rate', math.nan):.3f}"
     if run.target_alive is not None:
         last += f", {row.get('mem_alive_mean', math.nan):.1f} alive"
+    if checks:
+        check = checks[-1]
+        last += (f"; last greedy check, at step {check['global_step']}: success "
+                 f"{check['success_rate']:.3f}")  # fmt: skip
+        if "oracle_share" in check:
+            last += f", {check['oracle_share']:.1%} of the oracle's score"
     return (f"note: used all {config.learner.total_steps} steps without reaching {targets} "
-            f"on the full task (last interval: {last}); evaluate the run before relying on it")
+            f"on the full task ({last}); evaluate the run before relying on it")
 
 
 def main(argv: list[str] | None = None, progress: bool = True) -> int:
@@ -117,7 +127,9 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
         print(f"run directory: {run_dir.path}", flush=True)
         row = trainer.run()
         if config.run.target_success is not None or config.run.target_oracle_share is not None:
-            print(target_outcome(config, row, trainer.reached_targets), flush=True)
+            outcome = target_outcome(config, row, trainer.reached_targets,
+                                     run_dir.read_target_checks())  # fmt: skip
+            print(outcome, flush=True)
     except (ConfigError, RunDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

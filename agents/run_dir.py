@@ -192,6 +192,13 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def read_target_checks(self) -> list[dict[str, Any]]:
+        """target_checks.jsonl as a list of checks (without a line cut short by a kill)."""
+        if not self.target_checks_path.exists():
+            return []
+        lines = self.target_checks_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if math.isfinite(_logged_step(line))]
+
     def truncate_metrics(self, global_step: int) -> None:
         """Drop metric rows and target checks logged after ``global_step`` (written after the
         checkpoint resumed from)."""
