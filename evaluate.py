@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def evaluate_episodes(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
     """The policy's evaluation (and the oracle's, on the same settings), for eval.json."""
-    from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle
+    from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle, score_name
 
     num_envs = min(args.num_envs or loaded.config.learner.num_envs, args.episodes)
     agent = PolicyAgent(loaded.policy, args.deterministic, args.seed)
@@ -264,7 +264,7 @@ def evaluate_episodes(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
         lambda: loaded.make_env(num_envs, args.seed), agent, args.episodes, args.seed
     )
     keys = ("success_rate", "mean_return", "mean_length", "timeout_rate", "counters")
-    score = envs.TASKS[loaded.config.env][0].score_counter or "success_rate"
+    score = score_name(envs.TASKS[loaded.config.env][0])
     return {**result.to_dict(), "oracle": {key: oracle.to_dict()[key] for key in keys},
             "score": score, "oracle_share": share}  # fmt: skip
 

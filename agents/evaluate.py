@@ -278,12 +278,17 @@ def evaluate(
     return tally.result(episodes, num_envs, steps * num_envs, time.perf_counter() - start)
 
 
+def score_name(env: Any) -> str:
+    """What a task (an env or its class) is measured by against its oracle: its
+    ``score_counter`` (Portal ``goals``, Instruction ``instructions_carried``), else
+    ``success_rate``."""
+    return getattr(env, "score_counter", None) or "success_rate"
+
+
 def task_score(result: EvalResult, env: Any) -> float:
-    """The score per episode the task is measured by against its oracle: the env's
-    ``score_counter`` (Portal goals, Instruction instructions carried out), or the success
-    rate."""
-    counter = getattr(env, "score_counter", None)
-    return result.counters.get(counter, math.nan) if counter else result.success_rate
+    """``result``'s score per episode on ``env``'s task (see `score_name`)."""
+    name = score_name(env)
+    return result.success_rate if name == "success_rate" else result.counters.get(name, math.nan)
 
 
 def evaluate_with_oracle(
