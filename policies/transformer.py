@@ -172,10 +172,7 @@ class MemoryBlock(nn.Module):
         """``x`` [B, T, D] the queries' own layer inputs, ``key_value`` [B, N, 2·D] keys and
         values of the N keys (see `key_values`; the last T are the queries' own), ``log_mask``
         [B, T, N], ``distance`` [B, T, N] clamped to [0, max distance], ``bucket_of_distance``
-        the position bucket of each distance -> [B, T, D].
-
-        Attention runs one head at a time on strided views of ``key_value``, so the N keys and
-        values (the bulk of the work when many memories are alive) are never copied."""
+        the position bucket of each distance -> [B, T, D]."""
         batch, num_steps, d_model = x.shape
         num_keys = key_value.shape[1]
         heads, head_dim = self.num_heads, d_model // self.num_heads
@@ -183,12 +180,15 @@ class MemoryBlock(nn.Module):
         bias_of_distance = self.position_bias[:, bucket_of_distance]  # [H, max distance + 1]
         position = bias_of_distance.index_select(1, distance.reshape(-1))  # [H, B·T·N]
         bias = position.view(heads, batch, num_steps, num_keys) + log_mask  # [H, B, T, N]
+        # One head at a time on strided views of ``key_value``, so the N keys and values are
+        # never copied. Split and unbind, not indexing: an index's backward fills a whole
+        # zero tensor per head (measured on corridor 1000: 27 % of an update's time).
+        queries = query.split(head_dim, dim=-1)  # H x [B, T, Dh]
+        keys_values = key_value.split(head_dim, dim=-1)  # H keys, then H values, [B, N, Dh]
         attended = []
-        for head in range(heads):
-            part = slice(head * head_dim, (head + 1) * head_dim)
-            key = key_value[..., part]  # [B, N, Dh]
-            value = key_value[..., d_model + head * head_dim : d_model + (head + 1) * head_dim]
-            logits = torch.baddbmm(bias[head], query[..., part], key.transpose(1, 2))  # [B, T, N]
+        for head, head_bias in enumerate(bias.unbind(0)):  # [B, T, N]
+            key, value = keys_values[head], keys_values[heads + head]
+            logits = torch.baddbmm(head_bias, queries[head], key.transpose(1, 2))  # [B, T, N]
             attended.append(torch.bmm(torch.softmax(logits, dim=-1), value))  # [B, T, Dh]
         attended = torch.cat(attended, dim=-1)  # [B, T, D]
         x = self._residual(x, self.out(attended), self.gate_attn)
