@@ -22,11 +22,21 @@ process, and each is timed over its whole training loop (collecting rollouts
   Timed from the start of its second rollout to the start of the last rollout
   begun within the budget (whole rollout + update cycles only).
 
+``--from-run RUN_DIR`` starts ours from a trained agent's weights instead (the run's latest
+checkpoint; e.g. the quick-start command's run at this length): the steps/s of training
+once the spans are learnt and few memories are alive, rather than at the start.
+
+Ours also reports its matrix-multiply FLOPs per env step (rollout and update, counted by
+torch over one more update), and the JSON line sets against each other what the bar would
+ask of the matrix work alone (100 x sb3's steps/s x those FLOPs) and this CPU's float32
+matrix-multiply rate on large matrices.
+
 Where CUDA is available, ours is also measured with ``--device cuda``, once
 for each of the ``--cuda-num-envs`` env counts (``--cuda-only`` skips the CPU
 runs). Prints one JSON line.
 
     python benchmarks/train_throughput.py [--length 1000] [--seconds 60] [--threads N]
+    python benchmarks/train_throughput.py --from-run runs/corridor-expire_span-ppo-s1-...
     python benchmarks/train_throughput.py --cuda-only --cuda-num-envs 64 1024 4096
 """
 
@@ -44,10 +54,11 @@ from typing import Any
 
 import gymnasium as gym
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import envs  # noqa: F401  (registers ExpireRL/Corridor-v0)
-from agents.config import Args, resolve
-from agents.run_dir import RunDir
+from agents.config import Args, TrainConfig, resolve
+from agents.run_dir import RunDir, RunDirError
 from agents.trainer import Trainer
 
 BAR = 100.0
@@ -59,6 +70,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def benchmark_config(
+    length: int, device: str, num_envs: int | None, threads: int | None
+) -> TrainConfig:
+    """The corridor preset of ``length``, on the full-length corridor throughout, as
+    sb3-contrib gets it: the preset's random lengths and curriculum would time shorter
+    episodes than the baseline's."""
+    return resolve(Args(env="corridor", length=length, device=device, num_envs=num_envs,
+                        threads=threads, min_length=length, curriculum_start=length))
+
+
 def ours_steps_per_second(
     length: int,
     seconds: float,
@@ -66,13 +87,11 @@ def ours_steps_per_second(
     num_envs: int | None,
     warmup_updates: int | None,
     threads: int | None,
+    from_run: str | None = None,
 ) -> dict[str, Any]:
-    """Train the corridor preset for ``seconds`` after a warm-up; steps/s of the whole loop."""
-    # The full-length corridor throughout, as sb3-contrib gets it: the preset's random lengths
-    # and curriculum would time shorter episodes than the baseline's.
-    args = Args(env="corridor", length=length, device=device, num_envs=num_envs, threads=threads,
-                min_length=length, curriculum_start=length)  # fmt: skip
-    config = resolve(args)
+    """Train the corridor preset for ``seconds`` after a warm-up; steps/s of the whole loop.
+    With ``from_run`` the policy starts from that run's latest weights (a trained agent)."""
+    config = benchmark_config(length, device, num_envs, threads)
     learner_config = config.learner
     steps_per_update = learner_config.num_envs * learner_config.num_steps
     # The preset's total only sets the learning-rate schedule; keep it unless it is too small.
@@ -81,6 +100,8 @@ def ours_steps_per_second(
         warmup_updates = math.ceil(2 * length / learner_config.num_steps) + 1
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RunDir.create(Path(tmp) / "run", config), progress=False)
+        if from_run is not None:
+            trainer.policy.load_state_dict(trained_weights(from_run, config, device))
 
         def one_update() -> float:
             """One rollout and its update; returns the rollout's share of the time."""
@@ -103,6 +124,8 @@ def ours_steps_per_second(
             if elapsed >= seconds:
                 break
         output = trainer.collector.last_output
+        with FlopCounterMode(display=False) as counter:  # one more update, untimed
+            one_update()
     return {
         "steps_per_s": round(updates * steps_per_update / elapsed, 1),
         "device": str(trainer.device),
@@ -111,6 +134,7 @@ def ours_steps_per_second(
         "update_epochs": learner_config.update_epochs,
         "policy": config.policy,
         "algo": learner_config.algo,
+        "from_run": from_run,
         "warmup_updates": warmup_updates,
         "measured_updates": updates,
         "measured_steps": updates * steps_per_update,
@@ -118,7 +142,35 @@ def ours_steps_per_second(
         "rollout_fraction": round(collect_seconds / elapsed, 3),
         "mem_alive_mean": round(output.memory_alive_mean.float().mean().item(), 1),
         "mem_alive_max": int(output.memory_alive_max.max().item()),
+        "matmul_mflop_per_step": round(counter.get_total_flops() / steps_per_update / 1e6, 3),
     }
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 3) -> float:
+    """This CPU's matrix-multiply rate (best of ``repeats`` float32 products of two
+    ``size`` x ``size`` matrices): a ceiling for any training step's matrix work."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def trained_weights(path: str, config: TrainConfig, device: str) -> dict[str, Any]:
+    """The policy weights of run ``path``'s latest checkpoint, which must be the benchmark's
+    policy (an Expire-Span corridor run of the same length, e.g. the quick-start command's)."""
+    run_dir = RunDir.open(path)
+
+    def model(of: TrainConfig) -> str:  # what the weights must fit, as config.json writes it
+        return json.dumps([of.env, of.env_kwargs.get("length"), of.policy, of.policy_kwargs],
+                          sort_keys=True)
+
+    if model(run_dir.config()) != model(config):
+        raise RunDirError(f"--from-run {path}: [env, length, policy, policy settings] are "
+                          f"{model(run_dir.config())}, not the benchmark's {model(config)}")
+    return run_dir.load_checkpoint(device=device)["policy"]
 
 
 def sb3_steps_per_second(length: int, seconds: float, num_envs: int, device: str) -> dict[str, Any]:
@@ -206,6 +258,13 @@ def main() -> None:
         default=None,
         help="torch CPU threads for both (default: torch's choice)",
     )
+    parser.add_argument(
+        "--from-run",
+        default=None,
+        metavar="RUN_DIR",
+        help="start ours from this run's latest weights (a trained corridor agent of the same "
+        "length, e.g. the quick-start's) to time training once the spans are learnt",
+    )
     parser.add_argument("--skip-sb3", action="store_true", help="measure ours only")
     parser.add_argument(
         "--cuda-only", action="store_true", help="measure ours on CUDA only (no CPU runs)"
@@ -215,26 +274,33 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.cuda_only and not torch.cuda.is_available():
         parser.error("--cuda-only: no CUDA device is available")
+    if args.from_run is not None:
+        try:  # before anything is timed
+            trained_weights(args.from_run, benchmark_config(args.length, "cpu", None, None),
+                            "cpu")
+        except RunDirError as error:
+            parser.error(str(error))
     ours = sb3 = None
     if not args.cuda_only:
-        ours = ours_steps_per_second(
-            args.length, args.seconds, "cpu", args.num_envs, args.warmup_updates, args.threads
-        )
+        ours = ours_steps_per_second(args.length, args.seconds, "cpu", args.num_envs,
+                                     args.warmup_updates, args.threads, args.from_run)
         if not args.skip_sb3:
             sb3_num_envs = args.sb3_num_envs or ours["num_envs"]
             sb3 = sb3_steps_per_second(args.length, args.seconds, sb3_num_envs, "cpu")
     ours_cuda = []
     if torch.cuda.is_available():
         for num_envs in args.cuda_num_envs:
-            measured = ours_steps_per_second(
-                args.length, args.seconds, "cuda", num_envs, args.warmup_updates, args.threads
-            )
+            measured = ours_steps_per_second(args.length, args.seconds, "cuda", num_envs,
+                                             args.warmup_updates, args.threads, args.from_run)
             if sb3:
                 ratio_cuda = measured["steps_per_s"] / sb3["steps_per_s"]
                 measured["ratio_to_sb3_cpu"] = round(ratio_cuda, 1)
             ours_cuda.append(measured)
             print(json.dumps({"partial": "cuda", **measured}), file=sys.stderr, flush=True)
     ratio = ours["steps_per_s"] / sb3["steps_per_s"] if ours and sb3 else None
+    # What the bar asks of the matrix work alone: BAR x sb3's steps/s x our FLOPs per step.
+    bar_needs = (BAR * sb3["steps_per_s"] * ours["matmul_mflop_per_step"] / 1e3
+                 if ours and sb3 else None)  # fmt: skip
     result = {
         "benchmark": "train_throughput",
         "task": "corridor",
@@ -246,6 +312,8 @@ def main() -> None:
         "ratio": round(ratio, 2) if ratio is not None else None,
         "bar": BAR,
         "bar_met": ratio >= BAR if ratio is not None else None,
+        "bar_needs_matmul_gflops": round(bar_needs, 1) if bar_needs is not None else None,
+        "cpu_sgemm_gflops": round(sgemm_gflops(), 1) if not args.cuda_only else None,
         "ours_cuda": ours_cuda,
     }
     print(json.dumps(result), flush=True)
