@@ -57,7 +57,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import envs  # noqa: F401  (registers ExpireRL/Corridor-v0)
-from agents.config import Args, TrainConfig, resolve
+from agents.config import Args, ConfigError, TrainConfig, resolve
+from agents.evaluate import load_run
 from agents.run_dir import RunDir, RunDirError
 from agents.trainer import Trainer
 
@@ -87,10 +88,10 @@ def ours_steps_per_second(
     num_envs: int | None,
     warmup_updates: int | None,
     threads: int | None,
-    from_run: str | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the corridor preset for ``seconds`` after a warm-up; steps/s of the whole loop.
-    With ``from_run`` the policy starts from that run's latest weights (a trained agent)."""
+    With ``weights`` (see `trained_weights`) the policy starts from a trained agent."""
     config = benchmark_config(length, device, num_envs, threads)
     learner_config = config.learner
     steps_per_update = learner_config.num_envs * learner_config.num_steps
@@ -100,8 +101,8 @@ def ours_steps_per_second(
         warmup_updates = math.ceil(2 * length / learner_config.num_steps) + 1
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RunDir.create(Path(tmp) / "run", config), progress=False)
-        if from_run is not None:
-            trainer.policy.load_state_dict(trained_weights(from_run, config, device))
+        if weights is not None:
+            trainer.policy.load_state_dict(weights)
 
         def one_update() -> float:
             """One rollout and its update; returns the rollout's share of the time."""
@@ -134,7 +135,7 @@ def ours_steps_per_second(
         "update_epochs": learner_config.update_epochs,
         "policy": config.policy,
         "algo": learner_config.algo,
-        "from_run": from_run,
+        "trained_weights": weights is not None,
         "warmup_updates": warmup_updates,
         "measured_updates": updates,
         "measured_steps": updates * steps_per_update,
@@ -158,19 +159,21 @@ def sgemm_gflops(size: int = 2048, repeats: int = 3) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def trained_weights(path: str, config: TrainConfig, device: str) -> dict[str, Any]:
+def trained_weights(path: str, length: int) -> dict[str, Any]:
     """The policy weights of run ``path``'s latest checkpoint, which must be the benchmark's
-    policy (an Expire-Span corridor run of the same length, e.g. the quick-start command's)."""
-    run_dir = RunDir.open(path)
+    policy (an Expire-Span corridor run of the same length, e.g. the quick-start command's);
+    raises RunDirError or ConfigError otherwise."""
+    loaded = load_run(path)  # rejects a checkpoint without weights, or weights that don't fit
 
     def model(of: TrainConfig) -> str:  # what the weights must fit, as config.json writes it
         return json.dumps([of.env, of.env_kwargs.get("length"), of.policy, of.policy_kwargs],
                           sort_keys=True)
 
-    if model(run_dir.config()) != model(config):
+    wanted = benchmark_config(length, "cpu", None, None)
+    if model(loaded.config) != model(wanted):
         raise RunDirError(f"--from-run {path}: [env, length, policy, policy settings] are "
-                          f"{model(run_dir.config())}, not the benchmark's {model(config)}")
-    return run_dir.load_checkpoint(device=device)["policy"]
+                          f"{model(loaded.config)}, not the benchmark's {model(wanted)}")
+    return loaded.policy.state_dict()
 
 
 def sb3_steps_per_second(length: int, seconds: float, num_envs: int, device: str) -> dict[str, Any]:
@@ -274,16 +277,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.cuda_only and not torch.cuda.is_available():
         parser.error("--cuda-only: no CUDA device is available")
+    weights = None
     if args.from_run is not None:
-        try:  # before anything is timed
-            trained_weights(args.from_run, benchmark_config(args.length, "cpu", None, None),
-                            "cpu")
-        except RunDirError as error:
+        try:  # once, before anything is timed
+            weights = trained_weights(args.from_run, args.length)
+        except (RunDirError, ConfigError) as error:
             parser.error(str(error))
     ours = sb3 = None
     if not args.cuda_only:
         ours = ours_steps_per_second(args.length, args.seconds, "cpu", args.num_envs,
-                                     args.warmup_updates, args.threads, args.from_run)
+                                     args.warmup_updates, args.threads, weights)
         if not args.skip_sb3:
             sb3_num_envs = args.sb3_num_envs or ours["num_envs"]
             sb3 = sb3_steps_per_second(args.length, args.seconds, sb3_num_envs, "cpu")
@@ -291,7 +294,7 @@ def main() -> None:
     if torch.cuda.is_available():
         for num_envs in args.cuda_num_envs:
             measured = ours_steps_per_second(args.length, args.seconds, "cuda", num_envs,
-                                             args.warmup_updates, args.threads, args.from_run)
+                                             args.warmup_updates, args.threads, weights)
             if sb3:
                 ratio_cuda = measured["steps_per_s"] / sb3["steps_per_s"]
                 measured["ratio_to_sb3_cpu"] = round(ratio_cuda, 1)
@@ -305,6 +308,7 @@ def main() -> None:
         "benchmark": "train_throughput",
         "task": "corridor",
         "length": args.length,
+        "from_run": args.from_run,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "ours": ours,
