@@ -25,7 +25,8 @@ from typing import Any, NoReturn
 import torch
 
 import envs
-from agents.config import TASK_FLAGS, Args, ConfigError, resolve_device
+from agents.config import TASK_FLAGS, Args, resolve_device
+from agents.run_config import ConfigError
 from agents.run_dir import RunDir, RunDirError, atomic_write_bytes
 
 TASK_PARAMETERS = sorted({name for names in TASK_FLAGS.values() for name in names})

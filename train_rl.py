@@ -16,16 +16,9 @@ from typing import Any
 
 import tyro
 
-from agents.config import (
-    Args,
-    ConfigError,
-    TrainConfig,
-    check_run_overrides,
-    flag_name,
-    oracle_share_confirm,
-    resolve,
-)
+from agents.config import Args, check_run_overrides, flag_name, oracle_share_confirm, resolve
 from agents.learner import NonFiniteLossError
+from agents.run_config import ConfigError, TrainConfig
 from agents.run_dir import RunDir, RunDirError, default_name
 
 RESUME_OVERRIDES = (

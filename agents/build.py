@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 import envs
-from agents.config import TrainConfig
-from agents.last_step import LastStepEnv
+from agents.run_config import TrainConfig
+from envs.last_step import LastStepEnv
 from policies.policy import MemoryPolicy, make_policy
 
 
@@ -24,7 +24,7 @@ def make_env(
     if config.env in envs.TASKS:
         env = envs.make_batched(config.env, num_envs, device=device, seed=seed, **kwargs)
     else:
-        from agents.gym_adapter import GymBatchedEnv
+        from envs.gym_adapter import GymBatchedEnv
 
         env = GymBatchedEnv(config.env, num_envs, device=device, seed=seed, **kwargs)
     return LastStepEnv(env) if config.learner.last_action_reward else env

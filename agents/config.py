@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import tyro
 
 import envs
+from agents.run_config import ConfigError, LearnerConfig, RunConfig, TrainConfig
 from policies.config import CONFIG_CLASSES, POLICY_KINDS
 
 ALGOS = ("ppo", "impala")
@@ -30,7 +31,6 @@ POLICY_FLAGS = (
     "d_model", "num_layers", "num_heads", "max_span", "ramp_length", "span_init",
     "span_loss_coef", "memory_size", "gating", "egocentric",
 )  # fmt: skip
-CONFIG_VERSION = 1
 
 
 # Flags whose unset value means "the task's preset" (or "off"), shown as such in --help.
@@ -43,10 +43,6 @@ PresetBool = Annotated[
 ThreadCount = Annotated[
     int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: torch's choice)")
 ]
-
-
-class ConfigError(ValueError):
-    """A user's setting that cannot work; the message names it and what is allowed."""
 
 
 @dataclass
@@ -215,99 +211,6 @@ class Args:
     on the full task; 0: off. Instruction preset: 0.93."""
     threads: ThreadCount = None
     """CPU threads for torch (1 is often fastest on a small shared machine)."""
-
-
-@dataclass
-class LearnerConfig:
-    """Hyperparameters of the learner (PPO or IMPALA-style)."""
-
-    algo: str = "ppo"
-    num_envs: int = 64
-    num_steps: int = 128
-    total_steps: int = 2_000_000
-    learning_rate: float = 5e-4
-    anneal_lr: bool = True
-    span_lr_scale: float = 0.1
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    chunk_length: int = 128
-    clip_coef: float = 0.2
-    ent_coef: float = 0.001
-    ent_coef_final: float | None = None
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    adv_std_floor: float = 0.02
-    curriculum_start: int | None = None
-    curriculum_success: float = 0.9
-    curriculum_full_fraction: float = 0.0
-    span_lr_scale_final: float | None = None
-    rho_clip: float = 1.0
-    c_clip: float = 1.0
-    bootstrap_truncated: bool = True
-    last_action_reward: bool = False
-    """The env's observations carry the previous action and reward (agents/last_step.py)."""
-
-    def entropy_coef(self, longest: int, length: int) -> float:
-        """The entropy coefficient while the curriculum's longest corridor is ``longest`` of
-        ``length``: ``ent_coef`` at the first stage, ``ent_coef_final`` at the full length,
-        geometric in between (so each doubling of the length scales it by the same factor)."""
-        if self.ent_coef_final is None or self.curriculum_start is None:
-            return self.ent_coef
-        if longest >= length or self.curriculum_start >= length:
-            return self.ent_coef_final
-        start = self.curriculum_start
-        fraction = min(max(math.log(longest / start) / math.log(length / start), 0.0), 1.0)
-        return self.ent_coef * (self.ent_coef_final / self.ent_coef) ** fraction
-
-
-@dataclass
-class RunConfig:
-    """Where and how a run goes: seed, device, logging and checkpoints."""
-
-    seed: int = 1
-    device: str = "cpu"
-    log_interval: int = 10
-    checkpoint_interval: int = 50
-    keep_checkpoints: int = 3
-    target_success: float | None = None
-    target_alive: float | None = None
-    confirm_episodes: int | None = None
-    threads: int | None = None
-    target_oracle_share: float | None = None
-
-
-@dataclass
-class TrainConfig:
-    """Everything needed to rebuild env, policy and learner: the content of config.json."""
-
-    env: str
-    env_kwargs: dict[str, Any]
-    policy: str
-    policy_kwargs: dict[str, Any]
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    version: int = CONFIG_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        if data.get("version") != CONFIG_VERSION:
-            raise ConfigError(
-                f"config version {data.get('version')!r} is not supported (this is version "
-                f"{CONFIG_VERSION})"
-            )
-        return cls(
-            env=data["env"],
-            env_kwargs=dict(data["env_kwargs"]),
-            policy=data["policy"],
-            policy_kwargs=dict(data["policy_kwargs"]),
-            learner=LearnerConfig(**data["learner"]),
-            run=RunConfig(**data["run"]),
-        )
 
 
 def preset(
@@ -506,7 +409,7 @@ def resolve_env(args: Args) -> tuple[str, dict[str, Any]]:
         "gymnasium id (e.g. MiniGrid-MemoryS13Random-v0)",
     )
     _check(not given, f"{flag_name(next(iter(given), 'x'))} applies only to the suite's own tasks")
-    from agents.gym_adapter import GymBatchedEnv
+    from envs.gym_adapter import GymBatchedEnv
 
     try:  # fail now, before a run directory exists, on spaces the learner cannot use
         GymBatchedEnv(args.env, 1).close()

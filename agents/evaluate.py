@@ -30,7 +30,8 @@ import torch
 
 import envs
 from agents.build import build_policy, make_env
-from agents.config import TASK_FLAGS, ConfigError, TrainConfig
+from agents.config import TASK_FLAGS
+from agents.run_config import ConfigError, TrainConfig
 from agents.run_dir import RunDir, RunDirError
 from policies.policy import MemoryPolicy, PolicyOutput
 
@@ -68,16 +69,6 @@ class Agent(Protocol):
         """Actions for ``obs`` (fields [B, ...]); ``episode_starts`` [B] marks new episodes."""
 
 
-def memory_alive(state: Any) -> Tensor | None:
-    """[B, L] memories kept per env and layer, from a transformer core's state, else None."""
-    tensors = getattr(state, "tensors", {})
-    layers = sorted(int(name.rsplit("_", 1)[1]) for name in tensors
-                    if name.startswith("memory_valid_"))  # fmt: skip
-    if not layers:
-        return None
-    return torch.stack([tensors[f"memory_valid_{layer}"].sum(dim=1) for layer in layers], dim=1)
-
-
 class PolicyAgent:
     """A `MemoryPolicy` acting greedily (``deterministic``) or by sampling its distribution.
 
@@ -104,7 +95,8 @@ class PolicyAgent:
         else:
             probs = torch.softmax(logits.float(), dim=-1)
             actions = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-        return ActionStep(actions, state, memory_alive(state), output)
+        alive = output.memory_alive  # [B, L]
+        return ActionStep(actions, state, alive if alive.numel() else None, output)
 
 
 class OracleAgent:

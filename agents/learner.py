@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch.distributions import Categorical
 
-from agents.config import LearnerConfig
 from agents.rollout import Rollout, chunk_columns, chunked, unchunk
+from agents.run_config import LearnerConfig
 from policies.policy import MemoryPolicy, PolicyOutput
 
 Tensor = torch.Tensor

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from agents.config import ConfigError, TrainConfig
+from agents.run_config import ConfigError, TrainConfig
 
 CHECKPOINT_VERSION = 1
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from agents.build import build_policy, make_env
-from agents.config import TrainConfig
 from agents.impala import IMPALA
 from agents.learner import Learner
 from agents.ppo import PPO
 from agents.rollout import Collector
+from agents.run_config import TrainConfig
 from agents.run_dir import TENSORBOARD_PREFIX, RunDir, is_main_process
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "impala": IMPALA}
@@ -32,12 +32,13 @@ CONFIRM_EVERY = 5
 
 def _memory_stats(collector: Collector) -> dict[str, float]:
     output = getattr(collector, "last_output", None)
-    if output is None or output.memory_alive_mean.numel() == 0:
+    if output is None or output.memory_alive.numel() == 0:
         return {"mem_alive_mean": math.nan, "mem_alive_max": math.nan, "span_mean": math.nan}
     span = output.span_mean
+    alive = output.memory_alive.float()  # [B, L]
     return {
-        "mem_alive_mean": output.memory_alive_mean.float().mean().item(),
-        "mem_alive_max": output.memory_alive_max.float().max().item(),
+        "mem_alive_mean": alive.mean(dim=0).mean().item(),
+        "mem_alive_max": alive.max().item(),
         "span_mean": span.float().mean().item() if span.numel() else math.nan,
     }
 

@@ -43,12 +43,12 @@ from minigrid.core.constants import COLORS
 from PIL import Image, ImageDraw, ImageFont
 
 import envs
-from agents.config import ConfigError
 from agents.evaluate import ActionStep, LoadedRun, PolicyAgent
-from agents.last_step import last_step_fields
+from agents.run_config import ConfigError
 from envs.core import ACTION_NAMES, COLOR_NAMES
 from envs.corridor import CorridorEnv
 from envs.instruction import InstructionEnv
+from envs.last_step import last_step_fields
 from envs.portal import PortalEnv
 
 MIN_WIDTH = 512  # frames are at least this wide, so the memory timeline stays readable

@@ -140,7 +140,7 @@ def measure(policy: MemoryPolicy, state: State, args: argparse.Namespace) -> dic
         "peak_mb": peak / MB,
         "state_mb": state.nbytes / MB,
         "total_mb": (peak + state.nbytes) / MB,
-        "memories_mean": output.memory_alive_mean.mean().item(),
+        "memories_mean": output.memory_alive.float().mean().item(),
     }
 
 

@@ -57,8 +57,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import envs  # noqa: F401  (registers ExpireRL/Corridor-v0)
-from agents.config import Args, ConfigError, TrainConfig, resolve
+from agents.config import Args, resolve
 from agents.evaluate import load_run
+from agents.run_config import ConfigError, TrainConfig
 from agents.run_dir import RunDir, RunDirError
 from agents.trainer import Trainer
 
@@ -141,8 +142,8 @@ def ours_steps_per_second(
         "measured_steps": updates * steps_per_update,
         "seconds": round(elapsed, 2),
         "rollout_fraction": round(collect_seconds / elapsed, 3),
-        "mem_alive_mean": round(output.memory_alive_mean.float().mean().item(), 1),
-        "mem_alive_max": int(output.memory_alive_max.max().item()),
+        "mem_alive_mean": round(output.memory_alive.float().mean().item(), 1),
+        "mem_alive_max": int(output.memory_alive.max().item()),
         "matmul_mflop_per_step": round(counter.get_total_flops() / steps_per_update / 1e6, 3),
     }
 

@@ -32,7 +32,7 @@ CORE_CLASSES: dict[str, type[MemoryCore]] = {
 
 class PolicyOutput(NamedTuple):
     """Outputs of `MemoryPolicy.forward` for a chunk [T, B]. Every field is a tensor on the
-    policy's device; the statistics (the last four fields) are detached: read them (``.item()``,
+    policy's device; the statistics (the last three fields) are detached: read them (``.item()``,
     ``.tolist()``) only when logging, so stepping never waits for the device."""
 
     logits: Tensor
@@ -41,10 +41,8 @@ class PolicyOutput(NamedTuple):
     """[T, B] state values."""
     aux_loss: Tensor
     """[] auxiliary loss to add to the actor-critic loss (span loss; 0 for trxl and lstm)."""
-    memory_alive_mean: Tensor
-    """[L] memories alive for the next step, per layer, mean over envs (shape [0] for lstm)."""
-    memory_alive_max: Tensor
-    """[L] the same, max over envs."""
+    memory_alive: Tensor
+    """[B, L] memories alive for the next step, per env and layer (shape [B, 0] for lstm)."""
     span_mean: Tensor
     """[L] mean span of the chunk's new memories per layer (shape [0] without spans)."""
     spans: Tensor
@@ -107,13 +105,11 @@ class MemoryPolicy(nn.Module):
                              f"{episode_starts.shape[1]} (shape [T, B])")
         x = self.encoder(obs)  # [T, B, D]
         core = self.core(x, state.tensors, episode_starts.to(torch.bool))
-        alive = core.alive  # [B, L]
         output = PolicyOutput(
             logits=self.actor(core.features),
             values=self.critic(core.features).squeeze(-1),  # [T, B, 1] -> [T, B]
             aux_loss=core.aux_loss,
-            memory_alive_mean=alive.mean(dim=0),
-            memory_alive_max=alive.amax(dim=0),
+            memory_alive=core.alive.detach(),
             span_mean=core.spans.detach().mean(dim=(0, 1)),
             spans=core.spans.detach(),
         )

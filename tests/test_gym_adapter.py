@@ -13,7 +13,7 @@ import torch
 
 import envs  # noqa: F401  (registers the ExpireRL ids)
 import train_rl
-from agents.gym_adapter import GymBatchedEnv
+from envs.gym_adapter import GymBatchedEnv
 from policies.encoder import SINGLE_KEY
 
 TOY_ID = "ExpireRLTest/Toy-v0"

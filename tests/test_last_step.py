@@ -10,8 +10,8 @@ import envs
 import train_rl
 from agents.config import Args, resolve
 from agents.evaluate import load_run
-from agents.last_step import LAST_ACTION, LAST_REWARD, LastStepEnv, with_last_step_space
 from agents.rollout import Collector
+from envs.last_step import LAST_ACTION, LAST_REWARD, LastStepEnv, with_last_step_space
 
 TINY_PORTAL = ["--env", "portal", "--num-rooms", "2", "--room-length", "3", "--max-steps", "40",
                "--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2",

@@ -107,9 +107,9 @@ def test_outputs_have_the_documented_shapes(kind: str) -> None:
     spans = 1 if kind == "expire_span" else 0
     assert output.logits.shape == (5, 4, NUM_ACTIONS) and output.values.shape == (5, 4)
     assert output.aux_loss.shape == ()
-    assert output.memory_alive_mean.shape == output.memory_alive_max.shape == (layers,)
+    assert output.memory_alive.shape == (4, layers)
     assert output.span_mean.shape == (spans,) and output.spans.shape == (5, 4, spans)
-    assert not output.span_mean.requires_grad and not output.memory_alive_max.requires_grad
+    assert not output.span_mean.requires_grad and not output.memory_alive.requires_grad
     assert new_state.kind == kind and new_state.num_envs == 4
     if kind != "expire_span":
         assert output.aux_loss.item() == 0.0

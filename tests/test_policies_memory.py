@@ -135,7 +135,6 @@ def test_the_slot_buffer_stays_bounded(kind: str) -> None:
         output, state = policy(take(obs, slice(t, t + 1)), state, starts[t : t + 1])
         width = state.tensors["memory_0"].shape[1]
         assert width <= longest + 2 * config.compact_interval
-        assert output.memory_alive_max.item() <= min(t + 1, longest)
-        live = state.tensors["memory_valid_0"].sum(dim=1).double()  # [B]
-        assert live.mean().item() == output.memory_alive_mean.item()
-        assert live.max().item() == output.memory_alive_max.item()
+        assert output.memory_alive.max().item() <= min(t + 1, longest)
+        live = state.tensors["memory_valid_0"].sum(dim=1)  # [B]
+        assert live.tolist() == output.memory_alive[:, 0].tolist()

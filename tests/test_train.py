@@ -284,7 +284,8 @@ def test_expire_span_solves_corridor_50(tmp_path):
 
 
 def test_the_corridor_preset_stops_once_solved_unless_told_to_train_on():
-    from agents.config import Args, ConfigError, resolve
+    from agents.config import Args, resolve
+    from agents.run_config import ConfigError
 
     def target(**flags) -> float | None:
         return resolve(Args(**flags)).run.target_success
@@ -302,7 +303,8 @@ def test_the_corridor_preset_stops_once_solved_unless_told_to_train_on():
 
 
 def test_the_alive_memories_target_is_checked_and_off_unless_given():
-    from agents.config import Args, ConfigError, resolve
+    from agents.config import Args, resolve
+    from agents.run_config import ConfigError
 
     def alive(**flags) -> float | None:
         return resolve(Args(**flags)).run.target_alive
@@ -379,7 +381,8 @@ def test_a_greedy_check_of_the_full_task_must_confirm_the_stop(tmp_path, capsys,
 
 
 def test_the_greedy_check_is_checked_and_off_unless_given():
-    from agents.config import Args, ConfigError, resolve
+    from agents.config import Args, resolve
+    from agents.run_config import ConfigError
 
     def confirm(**flags) -> int | None:
         return resolve(Args(**flags)).run.confirm_episodes
@@ -398,7 +401,8 @@ def test_the_greedy_check_is_checked_and_off_unless_given():
 
 
 def test_the_oracle_share_target_is_checked_and_the_instruction_presets_stop():
-    from agents.config import Args, ConfigError, resolve
+    from agents.config import Args, resolve
+    from agents.run_config import ConfigError
 
     def stop(**flags) -> tuple[float | None, int | None]:
         run = resolve(Args(**flags)).run
