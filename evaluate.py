@@ -11,138 +11,75 @@ prints a short table and writes ``RUN_DIR/eval.json``. Task flags such as
 
 from __future__ import annotations
 
-import argparse
-import ast
-import inspect
-import itertools
 import json
 import sys
-import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal
 
 import torch
+import tyro
 
 import envs
-from agents.config import TASK_FLAGS, Args, resolve_device
+from agents.cli import USAGE_ERROR, parse_args, resolve_device, task_flags, task_parameters
 from agents.run_config import ConfigError
 from agents.run_dir import RunDir, RunDirError, atomic_write_bytes
 
-TASK_PARAMETERS = sorted({name for names in TASK_FLAGS.values() for name in names})
+TaskOverrides = task_flags("(default: the run's setting)")
+"""The task parameters as flags, to evaluate on other settings than trained on (view_size must
+stay the run's: the policy's observations keep their shape)."""
 
 
-def field_docstrings(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (what ``train_rl.py --help`` shows)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    docs = {}
-    for node, following in itertools.pairwise(body):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):  # fmt: skip
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+@dataclass(kw_only=True)
+class EvalArgs(TaskOverrides):  # type: ignore[misc, valid-type]
+    """Evaluate a trained run: `python evaluate.py RUN_DIR [--episodes 1000] [--video 3]`."""
+
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """A run directory made by train_rl.py."""
+    episodes: int = 1000
+    """Episodes to evaluate, split evenly over the envs (0: skip the evaluation, e.g. to only
+    record videos)."""
+    num_envs: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    """Parallel envs (default: the run's, at most --episodes)."""
+    stochastic: bool = False
+    """Sample actions from the policy (default: the most likely action)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where env and policy run (auto: cuda when available)."""
+    threads: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    """CPU threads for torch (default: the run's setting, else torch's)."""
+    seed: int = 0
+    """Seed of the evaluation episodes."""
+    checkpoint: Annotated[str | None, tyro.conf.arg(metavar="NAME")] = None
+    """Checkpoint file in RUN_DIR/checkpoints (or a path); default latest.pt."""
+    output: Annotated[str | None, tyro.conf.arg(metavar="PATH")] = None
+    """Where to write eval.json (default: RUN_DIR/eval.json)."""
+    no_oracle: bool = False
+    """Skip scoring the task's scripted oracle on the same settings."""
+    video: Annotated[int, tyro.conf.arg(metavar="K")] = 0
+    """Record K episodes to RUN_DIR/videos/ (reference env and memory panel)."""
+    gif: bool = False
+    """Write GIFs instead of MP4s."""
+    frame_skip: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
+    """Write every N-th step (and every step that shows the cue or an instruction, follows a
+    reward or ends the episode); default: chosen so a time-limit episode has at most ~1000
+    frames."""
+    fps: float = 15.0
+    """Video frames per second."""
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.stochastic
+
+    def overrides(self) -> dict[str, Any]:
+        """The task parameters given on the command line."""
+        names = {name for names in task_parameters().values() for name in names}
+        return {name: getattr(self, name) for name in sorted(names)
+                if getattr(self, name) is not None}  # fmt: skip
 
 
-FLAG_HELP = field_docstrings(Args)
-"""Help of the task flags: the training flags' own docstrings (one source of truth)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``error: ...``, exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python evaluate.py", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by train_rl.py")
-    parser.add_argument(
-        "--episodes",
-        type=int,
-        default=1000,
-        help="episodes to evaluate, split evenly over the envs (0: skip the "
-        "evaluation, e.g. to only record videos) (default: 1000)",
-    )
-    parser.add_argument(
-        "--num-envs",
-        type=int,
-        default=None,
-        help="parallel envs (default: the run's, at most --episodes)",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--deterministic",
-        dest="deterministic",
-        action="store_true",
-        default=True,
-        help="take the most likely action (default)",
-    )
-    mode.add_argument(
-        "--stochastic",
-        dest="deterministic",
-        action="store_false",
-        help="sample actions from the policy",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where env and policy run (default: auto, cuda when available)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: the run's setting, else torch's)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="checkpoint file in RUN_DIR/checkpoints (or a path); default latest",
-    )
-    parser.add_argument("--output", default=None, help="where to write eval.json "
-                        "(default: RUN_DIR/eval.json)")  # fmt: skip
-    parser.add_argument(
-        "--no-oracle",
-        dest="oracle",
-        action="store_false",
-        help="skip scoring the task's scripted oracle on the same settings",
-    )
-    task = parser.add_argument_group("task overrides (default: the run's settings)")
-    for name in TASK_PARAMETERS:
-        meaning = FLAG_HELP.get(name, name)
-        if name == "view_size":
-            meaning += " Must stay the run's: the policy's observations keep their shape."
-        task.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None,
-                          help=meaning)  # fmt: skip
-    video = parser.add_argument_group("videos")
-    video.add_argument(
-        "--video",
-        type=int,
-        default=0,
-        metavar="K",
-        help="record K episodes to RUN_DIR/videos/ (default: 0)",
-    )
-    video.add_argument("--gif", action="store_true", help="write GIFs instead of MP4s")
-    video.add_argument(
-        "--frame-skip",
-        type=int,
-        default=None,
-        metavar="N",
-        help="write every N-th step (and every step that shows the cue or an "
-        "instruction, follows a reward or ends the episode); default: "
-        "chosen so a time-limit episode has at most ~1000 frames",
-    )
-    video.add_argument("--fps", type=float, default=15.0, help="frames per second (default: 15)")
-    return parser
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Flag values the parser cannot check (raises ConfigError naming the flag)."""
+def check_args(args: EvalArgs) -> None:
+    """Flag values tyro cannot check (raises ConfigError naming the flag)."""
     checks = [
         (args.episodes >= 0, f"--episodes must be >= 0, got {args.episodes}"),
         (args.num_envs is None or args.num_envs >= 1,
@@ -213,7 +150,7 @@ def report(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: EvalArgs) -> dict[str, Any]:
     """Evaluate (and record) as ``args`` say; returns the eval.json summary."""
     from agents.evaluate import load_run
 
@@ -222,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or _run_threads(args.run_dir)
     if threads:
         torch.set_num_threads(threads)
-    overrides = {name: getattr(args, name) for name in TASK_PARAMETERS}
+    overrides = args.overrides()
     loaded = load_run(args.run_dir, args.checkpoint, device, overrides)
     summary: dict[str, Any] = {
         "run_dir": str(loaded.run_dir.path),
@@ -252,13 +189,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def evaluate_episodes(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
+def evaluate_episodes(args: EvalArgs, loaded: Any) -> dict[str, Any]:
     """The policy's evaluation (and the oracle's, on the same settings), for eval.json."""
     from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle, score_name
 
     num_envs = min(args.num_envs or loaded.config.learner.num_envs, args.episodes)
     agent = PolicyAgent(loaded.policy, args.deterministic, args.seed)
-    if not (args.oracle and loaded.config.env in envs.TASKS):  # gym ids have no oracle
+    if args.no_oracle or loaded.config.env not in envs.TASKS:  # gym ids have no oracle
         env = loaded.make_env(num_envs, args.seed)
         return evaluate(env, agent, args.episodes, seed=args.seed).to_dict()
     result, oracle, share = evaluate_with_oracle(
@@ -270,7 +207,7 @@ def evaluate_episodes(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
             "score": score, "oracle_share": share}  # fmt: skip
 
 
-def record(args: argparse.Namespace, loaded: Any) -> list[dict[str, Any]]:
+def record(args: EvalArgs, loaded: Any) -> list[dict[str, Any]]:
     """Record ``--video`` episodes; their eval.json entries."""
     from agents.video import record_videos
 
@@ -296,15 +233,15 @@ def write_json(path: Path, summary: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(EvalArgs, argv, "python evaluate.py", __doc__.splitlines()[0])
     try:
         run(args)
     except (ConfigError, RunDirError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except OSError as error:  # e.g. an --output in a read-only place
         print(f"error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     return 0
 
 

@@ -14,58 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tyro
-
-from agents.config import Args, check_run_overrides, flag_name, oracle_share_confirm, resolve
+from agents.cli import USAGE_ERROR, given_flags, parse_args
+from agents.control import StopRule
 from agents.learner import NonFiniteLossError
+from agents.resolve import resolve, resolve_resume
 from agents.run_config import ConfigError, TrainConfig
 from agents.run_dir import RunDir, RunDirError, default_name
-
-RESUME_OVERRIDES = (
-    "threads", "target_success", "target_alive", "confirm_episodes", "target_oracle_share"
-)
-"""Flags a resumed run may change: none alters what the run computed up to now."""
-
-
-def check_resume_flags(args: Args, run_config: TrainConfig) -> TrainConfig:
-    """Flags given with --resume must agree with the run (a mismatch is an error), apart from
-    `RESUME_OVERRIDES`, which the returned config takes on."""
-    defaults = Args()
-    run_values = {
-        "env": run_config.env,
-        "policy": run_config.policy,
-        "algo": run_config.learner.algo,
-        "seed": run_config.run.seed,
-        **run_config.env_kwargs,
-    }
-    mismatches = []
-    for name, expected in run_values.items():
-        value = getattr(args, name, None)
-        if value is not None and value != getattr(defaults, name, None) and value != expected:
-            mismatches.append(f"{flag_name(name)} {value} (the run has {expected})")
-    if mismatches:
-        raise ConfigError(f"mismatched run directory {args.resume}: " + "; ".join(mismatches))
-    fixed = [
-        flag_name(field.name) for field in dataclasses.fields(Args)
-        if field.name not in (*run_values, *RESUME_OVERRIDES, "resume")
-        and getattr(args, field.name) != getattr(defaults, field.name)
-    ]  # fmt: skip
-    if fixed:
-        names = [flag_name(name) for name in RESUME_OVERRIDES]
-        allowed = f"{', '.join(names[:-1])} and {names[-1]}"
-        raise ConfigError(
-            f"{', '.join(fixed)} cannot be given with --resume {args.resume}: its config.json "
-            f"fixes them (only {allowed} may change on resume)"
-        )
-    check_run_overrides(args)
-    # Given overrides replace the run's values; 0 turns a target off (threads are >= 1).
-    changes = {name: getattr(args, name) or None for name in RESUME_OVERRIDES
-               if getattr(args, name) is not None}  # fmt: skip
-    run = dataclasses.replace(run_config.run, **changes)
-    confirm = run.confirm_episodes if args.confirm_episodes is None else args.confirm_episodes
-    confirm = oracle_share_confirm(run.target_oracle_share, confirm, run_config.env)
-    run = dataclasses.replace(run, confirm_episodes=confirm or None)
-    return dataclasses.replace(run_config, run=run)
+from agents.train_args import TrainArgs
 
 
 def target_outcome(
@@ -97,15 +52,39 @@ def target_outcome(
             f"on the full task ({last}); evaluate the run before relying on it")
 
 
+def finished_note(
+    run_dir: RunDir, config: TrainConfig, stored: TrainConfig, checkpoint: dict[str, Any]
+) -> str:
+    """What a resume of a run with nothing left to train says (empty if there is more): a run
+    at the end of its steps, or one that stopped at the targets it still has (``config``, the
+    resume's, against ``stored``, the run's)."""
+    step, total = int(checkpoint["global_step"]), config.learner.total_steps
+    steps_per_update = config.learner.num_envs * config.learner.num_steps
+    if total // steps_per_update * steps_per_update <= step:
+        return (f"{run_dir.path} is finished: it has trained all its {total} steps; train it "
+                f"on with --resume {run_dir.path} --total-steps N (N > {step})")
+    same_targets = config.run == stored.run or dataclasses.replace(
+        config.run, threads=stored.run.threads) == stored.run
+    if checkpoint.get("stopped_at_targets") and StopRule(config.run).active and same_targets:
+        flag = "--target-success" if config.run.target_success else "--target-oracle-share"
+        return (f"{run_dir.path} is finished: it stopped at its targets at step {step}; train "
+                f"it on past them with --resume {run_dir.path} {flag} 0")
+    return ""
+
+
 def main(argv: list[str] | None = None, progress: bool = True) -> int:
     """Run the CLI; returns the process exit status."""
-    args = tyro.cli(Args, args=argv, description=__doc__.splitlines()[0])
+    args = parse_args(TrainArgs, argv, "python train_rl.py", __doc__.splitlines()[0])
     try:
         if args.resume is not None:
             run_dir = RunDir.open(args.resume)
             stored = run_dir.config()
-            config = check_resume_flags(args, stored)
-            run_dir.load_checkpoint()  # fail early on a missing or corrupt checkpoint
+            checkpoint = run_dir.load_checkpoint()  # fail early on a missing or corrupt one
+            config = resolve_resume(args, given_flags(argv), stored, checkpoint["global_step"])
+            finished = finished_note(run_dir, config, stored, checkpoint)
+            if finished:
+                print(finished)
+                return 0
             if config != stored:
                 run_dir.write_config(config)
             resume = True
@@ -125,7 +104,7 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
             print(outcome, flush=True)
     except (ConfigError, RunDirError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except NonFiniteLossError as error:
         print(f"error: training stopped, {error}; the last good checkpoint is kept in "
               f"{run_dir.checkpoints}", file=sys.stderr)  # fmt: skip

@@ -30,7 +30,7 @@ import torch
 
 import envs
 from agents.build import build_policy, make_env
-from agents.config import TASK_FLAGS
+from agents.cli import task_parameters
 from agents.run_config import ConfigError, TrainConfig
 from agents.run_dir import RunDir, RunDirError
 from policies.policy import MemoryPolicy, PolicyOutput
@@ -333,7 +333,7 @@ def resolve_task(config: TrainConfig, overrides: dict[str, Any]) -> dict[str, An
             raise ConfigError(f"--{name.replace('_', '-')} applies only to the suite's own tasks, "
                               f"not {config.env}")  # fmt: skip
         return dict(config.env_kwargs)
-    allowed = TASK_FLAGS[config.env]
+    allowed = task_parameters()[config.env]
     for name, value in overrides.items():
         if name not in allowed:
             flags = ", ".join("--" + n.replace("_", "-") for n in allowed)

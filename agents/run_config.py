@@ -10,7 +10,6 @@ version of the format. The command line that produces it lives in
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,19 +51,7 @@ class LearnerConfig:
     c_clip: float = 1.0
     bootstrap_truncated: bool = True
     last_action_reward: bool = False
-    """The env's observations carry the previous action and reward (agents/last_step.py)."""
-
-    def entropy_coef(self, longest: int, length: int) -> float:
-        """The entropy coefficient while the curriculum's longest corridor is ``longest`` of
-        ``length``: ``ent_coef`` at the first stage, ``ent_coef_final`` at the full length,
-        geometric in between (so each doubling of the length scales it by the same factor)."""
-        if self.ent_coef_final is None or self.curriculum_start is None:
-            return self.ent_coef
-        if longest >= length or self.curriculum_start >= length:
-            return self.ent_coef_final
-        start = self.curriculum_start
-        fraction = min(max(math.log(longest / start) / math.log(length / start), 0.0), 1.0)
-        return self.ent_coef * (self.ent_coef_final / self.ent_coef) ** fraction
+    """The env's observations carry the previous action and reward (envs/last_step.py)."""
 
 
 @dataclass

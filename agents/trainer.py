@@ -13,10 +13,10 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.build import build_policy, make_env
+from agents.control import Curriculum, StopRule
 from agents.impala import IMPALA
 from agents.learner import Learner
 from agents.ppo import PPO
@@ -25,10 +25,6 @@ from agents.run_config import TrainConfig
 from agents.run_dir import TENSORBOARD_PREFIX, RunDir, is_main_process
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "impala": IMPALA}
-
-CONFIRM_EVERY = 5
-"""Metric intervals between two greedy checks of the targets (`Trainer._confirm_targets`)."""
-
 
 def _memory_stats(collector: Collector) -> dict[str, float]:
     output = getattr(collector, "last_output", None)
@@ -98,12 +94,15 @@ class Trainer:
         if run.threads:
             torch.set_num_threads(run.threads)
         torch.manual_seed(run.seed)
-        np.random.seed(run.seed)
         self.device = torch.device(run.device)
         self.env = make_env(config)
-        self.curriculum = config.learner.curriculum_start is not None
-        if self.curriculum:  # before the collector's reset draws the first episodes
-            self._set_curriculum(config.learner.curriculum_start, restart=False)
+        self.curriculum: Curriculum | None = None
+        if config.learner.curriculum_start is not None:
+            full = config.env_kwargs[self.env.curriculum_parameter]
+            self.curriculum = Curriculum(config.learner, full)
+            # Before the collector's reset draws the first episodes.
+            self.env.set_curriculum_stage(self.curriculum.stage, self.curriculum.full_fraction)
+        self.stop_rule = StopRule(run)
         self.policy = build_policy(config, self.env, self.device)
         self.learner = LEARNERS[config.learner.algo](self.policy, config.learner, run.seed)
         self.collector = Collector(
@@ -112,11 +111,9 @@ class Trainer:
         )  # fmt: skip
         self.steps_per_update = config.learner.num_envs * config.learner.num_steps
         self.global_step, self.wall_offset = 0, 0.0
-        self.last_confirm = -math.inf
-        """Update of the last greedy check of the targets."""
         if resume:
             self._restore(run_dir.load_checkpoint(device=str(self.device)))
-        self._set_stage_settings()  # the (restored) curriculum stage's
+        self._apply_stage_settings()  # the (restored) curriculum stage's
         self.progress_enabled = progress
 
     # -- checkpoints ---------------------------------------------------------
@@ -131,8 +128,9 @@ class Trainer:
             "collector": self.collector.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "numpy_rng": np.random.get_state(),
-            "last_confirm": self.last_confirm,
+            "stop_rule": self.stop_rule.state_dict(),
+            "stopped_at_targets": self.reached_targets,
+            "curriculum": self.curriculum.state_dict() if self.curriculum else None,
         }
 
     def _restore(self, payload: dict[str, Any]) -> None:
@@ -142,10 +140,11 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"])
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
-        np.random.set_state(payload["numpy_rng"])
         self.global_step = payload["global_step"]
         self.wall_offset = payload["wall_time"]
-        self.last_confirm = payload.get("last_confirm", -math.inf)
+        self.stop_rule.load_state_dict(payload["stop_rule"])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(payload["curriculum"])
         if is_main_process():
             self.run_dir.truncate_metrics(self.global_step)
 
@@ -190,16 +189,16 @@ class Trainer:
                         **self.collector.stats.read(),
                         **{key: value.item() for key, value in metrics.items()},
                         **_memory_stats(self.collector),
-                        "task_longest": self._longest(),
+                        "task_longest": self._stage(),
                     }
                     interval_start, interval_steps = now, 0
                     self._log(row, writer)
                     progress.log(row)
                     last_row = row
-                    full_task = self._advance_curriculum(row)
-                    stop = full_task and self._reached_targets(row)
+                    full_task = self._advance_curriculum(row["success_rate"])
+                    stop = full_task and self.stop_rule.interval_meets(row)
                     if stop and config.run.confirm_episodes:
-                        stop = self._confirm_targets(progress)
+                        stop = self.stop_rule.check_due(update) and self._greedy_check(progress)
                     self.reached_targets = stop
                 if update % config.run.checkpoint_interval == 0 or last or stop:
                     self.save(wall)
@@ -211,38 +210,13 @@ class Trainer:
                 writer.close()
         return last_row
 
-    def _reached_targets(self, row: dict[str, float]) -> bool:
-        """Whether an interval on the full task meets --target-success and --target-alive
-        (each when set: a policy without memories logs NaN alive memories and never meets
-        it). A --target-oracle-share has no training figure: only the greedy check scores
-        it, so with it every such interval goes on to the check."""
-        run = self.config.run
-        if run.target_success is None and run.target_oracle_share is None:
-            return False
-        return self._meets_targets(row["success_rate"], row["mem_alive_mean"])
-
-    def _meets_targets(self, success: float, alive: float, share: float | None = None) -> bool:
-        """Whether these figures meet each target that is set (the oracle share only where
-        it was scored, by a greedy check)."""
-        run = self.config.run
-        return (
-            (run.target_success is None or success >= run.target_success)
-            and (run.target_alive is None or alive <= run.target_alive)
-            and (share is None or run.target_oracle_share is None
-                 or share >= run.target_oracle_share)
-        )  # fmt: skip
-
-    def _confirm_targets(self, progress: Progress) -> bool:
-        """Whether greedy episodes of the full task meet the targets too (the bar is what
-        `evaluate.py` measures, not the training interval's sampled, random-length episodes).
-        Checked at most once every `CONFIRM_EVERY` intervals; each check is logged in
-        ``target_checks.jsonl``."""
-        update, run = self.learner.update_count, self.config.run
-        if update - self.last_confirm < CONFIRM_EVERY * run.log_interval:
-            return False
-        self.last_confirm = update
+    def _greedy_check(self, progress: Progress) -> bool:
+        """Whether greedy episodes of the full task meet the targets too (what `evaluate.py`
+        measures, not the training interval's sampled, random-length episodes); each check is
+        logged in ``target_checks.jsonl``."""
         from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle, resolve_task
 
+        run, update = self.config.run, self.learner.update_count
         episodes, seed = run.confirm_episodes, run.seed + update
         num_envs = min(episodes, self.config.learner.num_envs)
 
@@ -260,7 +234,7 @@ class Trainer:
                 result, _, share = evaluate_with_oracle(new_env, agent, episodes, seed)
         finally:
             self.policy.train(was_training)
-        passed = self._meets_targets(result.success_rate, result.mem_alive_mean, share)
+        passed = self.stop_rule.meets(result.success_rate, result.mem_alive_mean, share)
         check = {"global_step": self.global_step, "update": update, "episodes": episodes,
                  "success_rate": result.success_rate, "mem_alive_mean": result.mem_alive_mean,
                  "passed": passed}  # fmt: skip
@@ -277,50 +251,36 @@ class Trainer:
         )
         return passed
 
-    def _longest(self) -> float:
-        """The task's curriculum stage: the longest corridor, or the instruction room's size
-        (NaN for tasks without one)."""
+    def _stage(self) -> float:
+        """The curriculum's stage: the longest corridor, or the instruction room's size (NaN
+        for tasks without a curriculum stage)."""
         stage = getattr(self.env, "curriculum_stage", None)
         return float(stage) if stage is not None else math.nan
 
-    def _set_curriculum(self, stage: int, full_fraction: float = 0.0, restart: bool = True) -> None:
-        """Move the curriculum to ``stage``; where that replaces the running episodes, the
-        collector ``restart``s its memories too (not needed before it first resets)."""
-        self.env.set_curriculum_stage(stage, full_fraction)
-        if restart and self.env.stage_restarts_episodes:
-            self.collector.restart()
-
-    def _advance_curriculum(self, row: dict[str, float]) -> bool:
-        """Double the curriculum's stage (the longest corridor, the instruction room's size) up
-        to the task's own once the interval's success reaches the bar; whether the interval
-        was already on the full task."""
-        if not self.curriculum:
+    def _advance_curriculum(self, success_rate: float) -> bool:
+        """Let the curriculum see an interval's success; on a new stage, start it in the env
+        (and restart the memories where it replaces the running episodes) and apply its
+        settings. Whether the interval was already on the full task."""
+        curriculum = self.curriculum
+        if curriculum is None:
             return True
-        stage, full = int(self._longest()), self._full_stage()
-        if stage < full and row["success_rate"] >= self.config.learner.curriculum_success:
-            stage = min(2 * stage, full)
-            full_fraction = self.config.learner.curriculum_full_fraction
-            self._set_curriculum(stage, full_fraction if stage == full else 0.0)
-            self._set_stage_settings()
-            return False
-        return stage == full
+        if not curriculum.advance(success_rate):
+            return curriculum.at_full_task
+        self.env.set_curriculum_stage(curriculum.stage, curriculum.full_fraction)
+        if self.env.stage_restarts_episodes:
+            self.collector.restart()
+        self._apply_stage_settings()
+        return False
 
-    def _full_stage(self) -> int:
-        return int(self.config.env_kwargs[self.env.curriculum_parameter])
-
-    def _set_stage_settings(self) -> None:
+    def _apply_stage_settings(self) -> None:
         """The learner's entropy coefficient and span learning rate for the curriculum's
         current stage."""
-        if not self.curriculum:
+        if self.curriculum is None:
             return
-        config = self.config.learner
-        stage, full = int(self._longest()), self._full_stage()
-        self.learner.ent_coef = config.entropy_coef(stage, full)
-        if config.span_lr_scale_final is not None:
-            final = stage == full
-            self.learner.set_span_lr_scale(
-                config.span_lr_scale_final if final else config.span_lr_scale
-            )
+        self.learner.ent_coef = self.curriculum.ent_coef()
+        span_lr_scale = self.curriculum.span_lr_scale()
+        if span_lr_scale is not None:
+            self.learner.set_span_lr_scale(span_lr_scale)
 
     def _log(self, row: dict[str, float], writer: Any) -> None:
         if not is_main_process():

@@ -13,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from envs.core import ACTION_NAMES, NUM_ACTIONS, BatchedEnv
+from envs.core import ACTION_NAMES, NUM_ACTIONS, BatchedEnv, check_device
 from envs.corridor import BatchedCorridor, CorridorEnv
 from envs.instruction import BatchedInstruction, InstructionEnv
 from envs.portal import BatchedPortal, PortalEnv
@@ -42,7 +42,7 @@ def make_batched(
 ) -> BatchedEnv:
     """Build the batched torch implementation of task ``name`` with ``num_envs`` envs."""
     _check_name(name)
-    return TASKS[name][0](num_envs, device=device, seed=seed, **task_kwargs)
+    return TASKS[name][0](num_envs, device=check_device(device), seed=seed, **task_kwargs)
 
 
 def make_reference(name: str, **kwargs: Any) -> ReferenceEnv:

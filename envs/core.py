@@ -13,7 +13,12 @@ heading is part of the picture. Cells outside the grid are ``unseen``.
 from __future__ import annotations
 
 import abc
-from typing import Any
+import ast
+import dataclasses
+import inspect
+import itertools
+import textwrap
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -54,6 +59,77 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name} must be an integer {allowed}, got {value}")
     return int(value)
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, whitespace folded (the fields' help)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, following in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):  # fmt: skip
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+class TaskConfig:
+    """Base of the tasks' parameter dataclasses (`CorridorConfig`, ...).
+
+    A task's parameters are declared once, as the fields of its dataclass with a
+    docstring under each: the batched env, the reference env (``gymnasium.make``
+    keyword arguments), the training and evaluation flags (``--length`` ...) and
+    the stored run config all read them from there. Construction validates every
+    value (a ValueError names the parameter and what is allowed) and fills in the
+    defaults that depend on other parameters (e.g. a time limit that grows with
+    the length).
+    """
+
+    task: ClassVar[str]
+    """The task's name (``corridor``, ...)."""
+
+    @classmethod
+    def parameters(cls) -> tuple[str, ...]:
+        """The parameter names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    @classmethod
+    def split(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``kwargs`` as (this task's parameters, everything else)."""
+        names = cls.parameters()
+        return ({k: v for k, v in kwargs.items() if k in names},
+                {k: v for k, v in kwargs.items() if k not in names})  # fmt: skip
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> TaskConfig:
+        """The validated parameters; an unknown name is a ValueError listing the known ones."""
+        params, unknown = cls.split(kwargs)
+        if unknown:
+            raise ValueError(f"{next(iter(unknown))!r} is not a parameter of the {cls.task} "
+                             f"task (its parameters: {', '.join(cls.parameters())})")  # fmt: skip
+        return cls(**params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every parameter's resolved value (plain data, e.g. for config.json)."""
+        return {name: getattr(self, name) for name in self.parameters()}
+
+    def _set(self, name: str, value: Any) -> None:
+        """Store a validated value on the frozen dataclass (in ``__post_init__``)."""
+        object.__setattr__(self, name, value)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or a ValueError naming it and what is available."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: no CUDA device is available (use 'cpu')")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                         "device(s) are available")  # fmt: skip
+    return device
 
 
 def check_view_size(view_size: Any) -> int:

@@ -8,7 +8,8 @@ Shape legend: B num_envs, V view size.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
@@ -28,6 +29,7 @@ from envs.core import (
     SOUTH,
     BatchedEnv,
     Obs,
+    TaskConfig,
     Tensor,
     bucket_representatives,
     check_int,
@@ -38,38 +40,42 @@ from envs.core import (
     segment_cells,
     window_coords,
 )
-from envs.reference import ReferenceEnv, build_segment
+from envs.reference import RGB, ReferenceEnv, build_segment
 
 CORRIDOR_ROW = 2  # y of the corridor; the cue stands above the start, at (1, 1)
 
 
-class CorridorConfig:
-    """Validated task parameters of the corridor (shared by both implementations)."""
+@dataclass(frozen=True)
+class CorridorConfig(TaskConfig):
+    """The corridor's parameters, validated (shared by both implementations and the CLI)."""
 
-    def __init__(
-        self,
-        length: int = 1000,
-        num_colors: int = 2,
-        view_size: int = 3,
-        max_steps: int | None = None,
-        min_length: int | None = None,
-    ):
-        self.length = check_int("length", length, 1)
-        self.num_colors = check_int("num_colors", num_colors, 2, NUM_COLORS)
-        self.view_size = check_view_size(view_size)
+    task: ClassVar[str] = "corridor"
+    length: int = 1000
+    """Cells between the cue and the junction."""
+    num_colors: int = 2
+    """Number of cue colours, 2..6."""
+    view_size: int = 3
+    """Side of the agent's square view (odd, 3..15)."""
+    max_steps: int | None = None
+    """Time limit of an episode (default 4 x length + 20, well above a random walk's)."""
+    min_length: int | None = None
+    """Random lengths: each episode's length drawn log-uniformly from [min_length, length]
+    (default: the full length, no random lengths)."""
+
+    def __post_init__(self) -> None:
+        self._set("length", check_int("length", self.length, 1))
+        self._set("num_colors", check_int("num_colors", self.num_colors, 2, NUM_COLORS))
+        self._set("view_size", check_view_size(self.view_size))
         # A uniform policy needs 3 * length steps on average (one step in three
         # moves forward): 4 * length + 20 leaves it room at every length.
         default = 4 * self.length + 20
-        self.max_steps = check_int(
-            "max_steps", default if max_steps is None else max_steps, self.length + 1
-        )
-        # A random-length corridor: each episode's length is drawn log-uniformly from
-        # [min_length, length] (the time limit stays that of the longest). min_length is at
-        # least the view size, so that no window shows both the cue and the junction.
-        if min_length is None:
-            min_length = self.length
+        max_steps = default if self.max_steps is None else self.max_steps
+        self._set("max_steps", check_int("max_steps", max_steps, self.length + 1))
+        # The time limit stays that of the longest. min_length is at least the view size, so
+        # that no window shows both the cue and the junction.
+        min_length = self.length if self.min_length is None else self.min_length
         low = min(self.view_size, self.length)
-        self.min_length = check_int("min_length", min_length, low, self.length)
+        self._set("min_length", check_int("min_length", min_length, low, self.length))
 
     @property
     def shortest_longest(self) -> int:
@@ -129,7 +135,7 @@ class BatchedCorridor(BatchedEnv):
         seed: int | None = None,
         **task_kwargs: Any,
     ):
-        self.config = CorridorConfig(**task_kwargs)
+        self.config = CorridorConfig.from_kwargs(**task_kwargs)
         self.length = self.config.length
         self.view_size = self.config.view_size
         self.single_observation_space = gym.spaces.Dict({"image": image_space(self.view_size)})
@@ -326,17 +332,10 @@ class CorridorEnv(ReferenceEnv):
 
     render_window = (15, SEGMENT_HEIGHT)
 
-    def __init__(
-        self,
-        length: int = 1000,
-        num_colors: int = 2,
-        view_size: int = 3,
-        max_steps: int | None = None,
-        min_length: int | None = None,
-        render_mode: str | None = None,
-        **render_kwargs: Any,
-    ):
-        self.config = CorridorConfig(length, num_colors, view_size, max_steps, min_length)
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        """``kwargs``: the task's parameters (`CorridorConfig`) and minigrid's render options."""
+        params, render_kwargs = CorridorConfig.split(kwargs)
+        self.config = CorridorConfig.from_kwargs(**params)
         super().__init__(
             width=self.config.length + 3,
             height=SEGMENT_HEIGHT,
@@ -390,3 +389,16 @@ class CorridorEnv(ReferenceEnv):
 
     def _episode_info(self) -> dict[str, Any]:
         return {"success": self.success}
+
+    salient_name = "cue"
+
+    def caption(self) -> str:
+        """The cue's colour and the arms' balls."""
+        return (f"cue: {COLOR_NAMES[self.cue]}   arms: top {COLOR_NAMES[self.top]}, "
+                f"bottom {COLOR_NAMES[self.bottom]}")  # fmt: skip
+
+    def salient_color(self, obs: dict[str, Any]) -> RGB | None:
+        """The cue's colour while the cue (at x = 1) is in view."""
+        if abs(self.agent_pos[0] - 1) <= self.agent_view_size // 2:
+            return self.color_rgb(self.cue)
+        return None

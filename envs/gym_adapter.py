@@ -10,35 +10,60 @@ torch tensors on its device, exactly like the suite's own batched tasks
 ``episode_return`` and ``episode_length``, ``state_dict``. It is the slow path:
 every step goes through python and reads the actions back to the host.
 
-Observations become a Dict of the fields the policy encoder embeds
-(``policies.encoder``):
+The env id is a registered id or gymnasium's ``"module:EnvId"`` form, which
+imports ``module`` first (as ``gymnasium.make`` does) so that a package can
+register its tasks on import: ``GymBatchedEnv("my_package:MyTask-v0", 16)``.
 
-- a Dict observation keeps its minigrid ``image`` (``uint8`` ``H x W x 3``
-  cells), ``Discrete`` fields such as ``direction`` and rank-1 vectors; text
-  fields (minigrid's ``mission``) are dropped, as the encoder does not read
-  text (minigrid's memory tasks show the goal in the image, not the mission);
-- a flat vector (``Box`` of rank 1, e.g. CartPole) becomes the float32 field
-  ``"observation"``, and a ``Discrete`` or image observation becomes that field
-  as it is;
-- anything else (nested spaces, pixel frames, rank > 1 vectors) is a
-  ValueError naming the env id (flatten such observations in a wrapper and
-  register the wrapped env).
+Observations become a flat Dict of the fields the policy encoder reads
+(``policies.encoder``), under the keys of ``policies.encoder.flatten_space``:
+a Dict or Tuple observation, nested or not, gives one field per leaf (``"a.b"``,
+``"0"``), any other observation the field ``"observation"``. Each field is
 
-``uint8 H x W x 3`` images are read as minigrid (object, colour, state) cells,
-not pixels: ``reset`` checks that the values fit the encoder's tables.
+- ``Discrete``, ``MultiDiscrete`` or ``MultiBinary``: kept as it is (tokens,
+  or 0/1 features);
+- a ``uint8`` ``H x W x 3`` Box of a minigrid env (``MiniGridEnv`` underneath,
+  without minigrid's RGB image wrappers): kept as a window of minigrid
+  (object, colour, state) cells, which ``reset`` checks fit the encoder's
+  tables;
+- any other ``uint8`` Box, such as pixel frames: kept as ``uint8``, with
+  ``H x W x 3`` frames flattened to one axis so that the encoder does not read
+  them as cells; the encoder flattens them to floats, divided by 255 when the
+  bounds are 0..255;
+- any other numeric Box (float, integer or bool, any rank): cast to float32,
+  values unscaled; the encoder flattens it;
+- text (minigrid's ``mission``, ``Text``): dropped, as the encoder does not
+  read text (minigrid's memory tasks show the goal in the image, not the
+  mission).
+
+Anything else (a text-only observation, ``Graph``, ``Sequence``, ``OneOf``) is
+a ValueError naming the env id, the field and what is allowed.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from minigrid.minigrid_env import MiniGridEnv
+from minigrid.wrappers import RGBImgObsWrapper, RGBImgPartialObsWrapper
 
-from envs.core import check_int
-from policies.encoder import ALLOWED_SPACES, NUM_COLORS, NUM_OBJECTS, NUM_STATES, SINGLE_KEY
+from envs.core import check_device, check_int
+from policies.encoder import (
+    ALLOWED_SPACES,
+    NUM_COLORS,
+    NUM_OBJECTS,
+    NUM_STATES,
+    SINGLE_KEY,
+    describe,
+    flatten_observation,
+    flatten_space,
+    is_cell_image,
+    is_supported_field,
+)
 
 Tensor = torch.Tensor
 Obs = dict[str, Tensor]
@@ -47,14 +72,14 @@ StepResult = tuple[Obs, Tensor, Tensor, Tensor, dict[str, Tensor]]
 SUCCESS_KEYS = ("success", "is_success")
 """Keys of an env's own success flag in its final-step info (the suite's, then SB3's)."""
 
+ENV_IDS_ALLOWED = (
+    "a registered gymnasium id (e.g. CartPole-v1), or 'module:EnvId' where importing "
+    "module registers EnvId"
+)
+"""What an env id may be, for error messages."""
+
 # Exclusive upper bounds of the (object, colour, state) channels of an image cell.
 CELL_LIMITS = np.array([NUM_OBJECTS, NUM_COLORS, NUM_STATES])
-
-
-def _is_cell_image(space: gym.Space) -> bool:
-    shape = getattr(space, "shape", None)
-    return (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
-            and shape is not None and len(shape) == 3 and shape[2] == 3)  # fmt: skip
 
 
 def _is_text(space: gym.Space) -> bool:
@@ -62,62 +87,100 @@ def _is_text(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Text) or getattr(space.dtype, "kind", None) == "U"
 
 
-def _adapt_field(env_id: str, key: str | None, space: gym.Space) -> gym.Space | None:
-    """The space the encoder gets for one observation field (None: the field is dropped)."""
+def shows_minigrid_cells(env: gym.Env) -> bool:
+    """Whether ``env``'s ``uint8`` ``H x W x 3`` images are minigrid cells: it is a minigrid
+    env, and none of its wrappers turns the cells into RGB pixels."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, (RGBImgObsWrapper, RGBImgPartialObsWrapper)):
+            return False
+        env = env.env
+    return isinstance(env, MiniGridEnv)
+
+
+def _adapt_field(env_id: str, key: str, space: gym.Space, cells: bool) -> gym.Space | None:
+    """The space the encoder gets for one observation field (None: the field is dropped);
+    ``cells``: whether ``uint8 H x W x 3`` images are minigrid cells."""
     if _is_text(space):
         return None
-    if isinstance(space, gym.spaces.Discrete) or _is_cell_image(space):
+    if not is_supported_field(space):
+        what = "observation space" if key == SINGLE_KEY else f"observation field {key!r} of space"
+        raise ValueError(f"{env_id}: {what} {describe(space)} is not supported; "
+                         f"allowed: {ALLOWED_SPACES}, or text (dropped)")  # fmt: skip
+    if not isinstance(space, gym.spaces.Box):
         return space
-    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-        low = space.low.astype(np.float32)
-        high = space.high.astype(np.float32)
-        return gym.spaces.Box(low, high, space.shape, dtype=np.float32)
-    if key is None:
-        raise ValueError(f"{env_id}: observation space {space} is not supported; "
-                         f"allowed: {ALLOWED_SPACES}")  # fmt: skip
-    raise ValueError(f"{env_id}: observation field {key!r} ({space}) is not supported; "
-                     f"allowed: {ALLOWED_SPACES}, or text (dropped)")  # fmt: skip
+    if space.dtype == np.uint8:
+        if is_cell_image(space) and not cells:  # pixel frames, read as features
+            return gym.spaces.Box(space.low.flatten(), space.high.flatten(), dtype=np.uint8)
+        return space
+    low = space.low.astype(np.float32)
+    high = space.high.astype(np.float32)
+    return gym.spaces.Box(low, high, space.shape, dtype=np.float32)
 
 
-def adapt_observation_space(env_id: str, space: gym.Space) -> gym.spaces.Dict:
-    """The Dict observation space the policy sees for an env's ``space`` (see the module doc)."""
-    if isinstance(space, gym.spaces.Dict):
-        fields = {key: _adapt_field(env_id, key, sub) for key, sub in space.spaces.items()}
-        fields = {key: sub for key, sub in fields.items() if sub is not None}
-        if not fields:
-            raise ValueError(f"{env_id}: observation space {space} has no field the policy "
-                             f"can read; allowed: {ALLOWED_SPACES}")  # fmt: skip
-        return gym.spaces.Dict(fields)
+def adapt_observation_space(env_id: str, space: gym.Space, cells: bool = True) -> gym.spaces.Dict:
+    """The flat Dict observation space the policy sees for an env's ``space`` (see the module
+    doc); ``cells``: whether ``uint8 H x W x 3`` images are minigrid cells."""
     if _is_text(space):
-        raise ValueError(f"{env_id}: text observations are not supported; "
+        raise ValueError(f"{env_id}: text observations ({describe(space)}) are not supported; "
                          f"allowed: {ALLOWED_SPACES}")  # fmt: skip
-    return gym.spaces.Dict({SINGLE_KEY: _adapt_field(env_id, None, space)})
+    try:
+        leaves = flatten_space(space)
+    except ValueError as error:
+        raise ValueError(f"{env_id}: {error}") from None
+    fields = {key: _adapt_field(env_id, key, sub, cells) for key, sub in leaves.items()}
+    fields = {key: sub for key, sub in fields.items() if sub is not None}
+    if not fields:
+        raise ValueError(f"{env_id}: observation space {describe(space)} has no field the policy "
+                         f"can read; allowed: {ALLOWED_SPACES}")  # fmt: skip
+    return gym.spaces.Dict(fields)
 
 
 class ObservationFields(gym.ObservationWrapper):
-    """Turns one env's observations into the Dict of :func:`adapt_observation_space`."""
+    """Turns one env's observations into the flat Dict of :func:`adapt_observation_space`."""
 
     def __init__(self, env: gym.Env, env_id: str):
         super().__init__(env)
-        self.is_dict = isinstance(env.observation_space, gym.spaces.Dict)
-        self.observation_space = adapt_observation_space(env_id, env.observation_space)
-        self.dtypes = {key: space.dtype for key, space in self.observation_space.spaces.items()}
+        self.original_space = env.observation_space
+        self.observation_space = adapt_observation_space(
+            env_id, env.observation_space, shows_minigrid_cells(env))
+        self.layouts = {key: (space.dtype, space.shape)
+                        for key, space in self.observation_space.spaces.items()}  # fmt: skip
 
     def observation(self, observation: Any) -> dict[str, Any]:
-        if not self.is_dict:
-            observation = {SINGLE_KEY: observation}
-        return {key: np.asarray(observation[key], dtype=dtype)
-                for key, dtype in self.dtypes.items()}  # fmt: skip
+        observation = flatten_observation(self.original_space, observation)
+        return {key: np.asarray(observation[key], dtype=dtype).reshape(shape)
+                for key, (dtype, shape) in self.layouts.items()}  # fmt: skip
 
 
 def check_gym_env(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec of ``env_id``, or a ValueError saying the id is unknown."""
+    """The registered spec of ``env_id``: a registered id, or ``"module:EnvId"``, which
+    imports ``module`` first (as ``gymnasium.make`` does). A module that cannot be imported
+    (whatever it raises) or an id that is not registered is a one-line ValueError."""
     if not isinstance(env_id, str):
-        raise ValueError(f"env id must be a string, got {env_id!r}")
+        raise ValueError(f"env id must be a string, got {env_id!r}; allowed: {ENV_IDS_ALLOWED}")
+    module, colon, name = env_id.rpartition(":")
+    if colon and env_id not in gym.registry:
+        if not module or not name or ":" in module:
+            raise ValueError(f"malformed env id {env_id!r}; allowed: {ENV_IDS_ALLOWED}")
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # a broken package is the user's input error here
+            reason = _one_line(f"{type(error).__name__}: {error}")
+            raise ValueError(f"env id {env_id!r}: cannot import module {module!r} ({reason}); "
+                             f"allowed: {ENV_IDS_ALLOWED}") from None  # fmt: skip
+    else:
+        name = env_id
     try:
-        return gym.spec(env_id)
+        return gym.spec(name)
     except gym.error.Error as error:
-        raise ValueError(f"unknown gymnasium env id {env_id!r}: {error}") from None
+        registered_by = f" (importing {module!r} does not register it)" if colon else ""
+        reason = _one_line(str(error))
+        raise ValueError(f"unknown gymnasium env id {env_id!r}{registered_by}: {reason}; "
+                         f"allowed: {ENV_IDS_ALLOWED}") from None  # fmt: skip
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).rstrip(".")
 
 
 class GymBatchedEnv:
@@ -155,7 +218,7 @@ class GymBatchedEnv:
         spec = check_gym_env(env_id)
         self.name = env_id
         self.num_envs = check_int("num_envs", num_envs, 1)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         try:
             self.vector_env = gym.make_vec(
                 spec,
@@ -182,7 +245,7 @@ class GymBatchedEnv:
             else getattr(first.unwrapped, "max_steps", None)
         )  # fmt: skip
         self.image_keys = [key for key, space in self.single_observation_space.spaces.items()
-                           if _is_cell_image(space)]  # fmt: skip
+                           if is_cell_image(space)]  # fmt: skip
         self.step_count = np.zeros(self.num_envs, dtype=np.int64)
         self.episode_return = np.zeros(self.num_envs, dtype=np.float64)
         self.rng = np.random.default_rng(seed)
@@ -200,7 +263,9 @@ class GymBatchedEnv:
                 raise ValueError(
                     f"{self.name}: observation field {key!r} holds values up to "
                     f"{highest.tolist()} per channel, beyond minigrid's (object, colour, state) "
-                    f"cell encoding (< {CELL_LIMITS.tolist()}); pixel images are not supported"
+                    f"cell encoding (< {CELL_LIMITS.tolist()}), which a minigrid env's uint8 "
+                    "H x W x 3 images are read as; pixel images of a minigrid env need "
+                    "minigrid's RGBImgObsWrapper or RGBImgPartialObsWrapper"
                 )
 
     # -- the batched-env API ---------------------------------------------------

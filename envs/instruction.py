@@ -8,7 +8,9 @@ K instructions per episode (at most), V view size, S room size.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
@@ -28,6 +30,7 @@ from envs.core import (
     WALL,
     BatchedEnv,
     Obs,
+    TaskConfig,
     Tensor,
     check_int,
     check_view_size,
@@ -35,32 +38,48 @@ from envs.core import (
     image_space,
     window_coords,
 )
-from envs.reference import ReferenceEnv
+from envs.reference import RGB, ReferenceEnv
 
 
-class InstructionConfig:
-    """Validated task parameters of the instruction task (shared by both implementations)."""
+@dataclass(frozen=True)
+class InstructionConfig(TaskConfig):
+    """The instruction task's parameters, validated (shared by both implementations and the
+    CLI)."""
 
-    def __init__(
-        self,
-        size: int = 5,
-        num_objects: int = 4,
-        delay_min: int = 20,
-        delay_max: int = 40,
-        max_steps: int = 400,
-        view_size: int = 7,
-    ):
-        self.size = check_int("size", size, 2, 30)
-        self.num_objects = check_int("num_objects", num_objects, 2, NUM_COLORS)
-        # The longest way to any object (walk, turns, the final step into it):
-        # instructions must be at least that far apart to be possible to carry out.
-        self.longest_way = 2 * self.size + 4
-        self.delay_min = check_int("delay_min", delay_min, self.longest_way)
-        self.delay_max = check_int("delay_max", delay_max, self.delay_min)
-        self.max_steps = check_int("max_steps", max_steps, self.delay_min)
-        self.view_size = check_view_size(view_size)
-        # Instructions come at most every delay_min steps, the first at the start.
-        self.max_instructions = self.max_steps // self.delay_min + 1
+    task: ClassVar[str] = "instruction"
+    size: int = 5
+    """Room side in free cells, 2..30."""
+    num_objects: int = 4
+    """Balls in the room, 2..6 (each its own colour)."""
+    delay_min: int = 20
+    """Fewest steps between instructions (at least the longest way to a ball, 2 x size + 4)."""
+    delay_max: int = 40
+    """Most steps between instructions."""
+    view_size: int = 7
+    """Side of the agent's square view (odd, 3..15)."""
+    max_steps: int = 400
+    """Time limit of an episode (at least delay_min)."""
+
+    def __post_init__(self) -> None:
+        self._set("size", check_int("size", self.size, 2, 30))
+        self._set("num_objects", check_int("num_objects", self.num_objects, 2, NUM_COLORS))
+        # Instructions must be at least the longest way to any object apart (walk, turns, the
+        # final step into it) to be possible to carry out.
+        self._set("delay_min", check_int("delay_min", self.delay_min, self.longest_way))
+        self._set("delay_max", check_int("delay_max", self.delay_max, self.delay_min))
+        self._set("max_steps", check_int("max_steps", self.max_steps, self.delay_min))
+        self._set("view_size", check_view_size(self.view_size))
+
+    @property
+    def longest_way(self) -> int:
+        """Steps of the longest way to any object: walk, turns, the final step into it."""
+        return 2 * self.size + 4
+
+    @property
+    def max_instructions(self) -> int:
+        """Instructions an episode can hold: at most one every delay_min steps, the first at
+        the start."""
+        return self.max_steps // self.delay_min + 1
 
     def wall_cells(self) -> list[tuple[int, int]]:
         """The wall cells where objects may stand (all but the corners), in a fixed order."""
@@ -138,7 +157,7 @@ class BatchedInstruction(BatchedEnv):
         seed: int | None = None,
         **task_kwargs: Any,
     ):
-        self.full_config = self.config = InstructionConfig(**task_kwargs)
+        self.full_config = self.config = InstructionConfig.from_kwargs(**task_kwargs)
         self.view_size = self.config.view_size
         self.single_observation_space = self.config.observation_space()
         self.device = torch.device(device)
@@ -168,8 +187,7 @@ class BatchedInstruction(BatchedEnv):
         full = self.full_config
         check_int("room size", size, 2, full.size)
         objects = full.num_objects if size == full.size else min(2, full.num_objects)
-        self.config = InstructionConfig(size, objects, full.delay_min, full.delay_max,
-                                        full.max_steps, full.view_size)  # fmt: skip
+        self.config = dataclasses.replace(full, size=size, num_objects=objects)
         self.size = size
         self.side = size + 2  # cells per row, walls included
         self.room_size = torch.tensor(size, device=self.device)
@@ -380,20 +398,11 @@ class InstructionEnv(ReferenceEnv):
     passed to ``gymnasium.make``.
     """
 
-    def __init__(
-        self,
-        size: int = 5,
-        num_objects: int = 4,
-        delay_min: int = 20,
-        delay_max: int = 40,
-        max_steps: int = 400,
-        view_size: int = 7,
-        render_mode: str | None = None,
-        **render_kwargs: Any,
-    ):
-        self.config = InstructionConfig(
-            size, num_objects, delay_min, delay_max, max_steps, view_size
-        )
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        """``kwargs``: the task's parameters (`InstructionConfig`) and minigrid's render
+        options."""
+        params, render_kwargs = InstructionConfig.split(kwargs)
+        self.config = InstructionConfig.from_kwargs(**params)
         self.render_window = (self.config.size + 2, self.config.size + 2)
         super().__init__(
             width=self.config.size + 2,
@@ -475,3 +484,16 @@ class InstructionEnv(ReferenceEnv):
             "instructions_carried": self.carried,
             "instructions_resolved": self.resolved,
         }
+
+    salient_name = "instruction"
+
+    def caption(self) -> str:
+        """The current instruction, whether it is still to carry out, and the tally."""
+        color = COLOR_NAMES[self.objects[self.target][2]]
+        state = ("shown now" if self.token else "active") if self.active else "done, waiting"
+        return f"instruction: {color} ({state})   carried {self.carried}/{self.resolved}"
+
+    def salient_color(self, obs: dict[str, Any]) -> RGB | None:
+        """The colour of the instruction ``obs`` gives, on the one step it is shown."""
+        token = int(obs.get("instruction", 0))
+        return self.color_rgb(token - 1) if token else None

@@ -7,7 +7,8 @@ Shape legend: B num_envs, N num_rooms, V view size.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
@@ -26,6 +27,7 @@ from envs.core import (
     UNSEEN,
     BatchedEnv,
     Obs,
+    TaskConfig,
     Tensor,
     bucket_representatives,
     check_int,
@@ -36,27 +38,36 @@ from envs.core import (
     segment_cells,
     window_coords,
 )
-from envs.reference import ReferenceEnv, build_segment
+from envs.reference import RGB, ReferenceEnv, build_segment
 
 CORRIDOR_ROW = 2  # y of the corridor inside a room block
 
 
-class PortalConfig:
-    """Validated task parameters of the portal task (shared by both implementations)."""
+@dataclass(frozen=True)
+class PortalConfig(TaskConfig):
+    """The portal task's parameters, validated (shared by both implementations and the CLI)."""
 
-    def __init__(
-        self,
-        num_rooms: int = 4,
-        room_length: int = 8,
-        max_steps: int = 1000,
-        view_size: int = 3,
-    ):
+    task: ClassVar[str] = "portal"
+    num_rooms: int = 4
+    """Rooms in the chain, 1..6 (each has its own wall colour)."""
+    room_length: int = 8
+    """Cells per room."""
+    view_size: int = 3
+    """Side of the agent's square view (odd, 3..15)."""
+    max_steps: int = 1000
+    """Time limit of an episode (at least one trip through every room)."""
+
+    def __post_init__(self) -> None:
         # Each room has its own wall colour, and minigrid has six colours.
-        self.num_rooms = check_int("num_rooms", num_rooms, 1, NUM_COLORS)
-        self.room_length = check_int("room_length", room_length, 1)
-        self.view_size = check_view_size(view_size)
-        self.trip_steps = self.num_rooms * (self.room_length + 1)
-        self.max_steps = check_int("max_steps", max_steps, self.trip_steps)
+        self._set("num_rooms", check_int("num_rooms", self.num_rooms, 1, NUM_COLORS))
+        self._set("room_length", check_int("room_length", self.room_length, 1))
+        self._set("view_size", check_view_size(self.view_size))
+        self._set("max_steps", check_int("max_steps", self.max_steps, self.trip_steps))
+
+    @property
+    def trip_steps(self) -> int:
+        """Steps of one trip through every room along the right portals."""
+        return self.num_rooms * (self.room_length + 1)
 
     def check_layout(self, layout: dict[str, Any]) -> list[int]:
         """Validate a layout from :meth:`BatchedPortal.layout`; return its portal bits."""
@@ -95,7 +106,7 @@ class BatchedPortal(BatchedEnv):
         seed: int | None = None,
         **task_kwargs: Any,
     ):
-        self.config = PortalConfig(**task_kwargs)
+        self.config = PortalConfig.from_kwargs(**task_kwargs)
         self.view_size = self.config.view_size
         self.single_observation_space = gym.spaces.Dict({"image": image_space(self.view_size)})
         boundaries = segment_boundaries(self.config.room_length, self.view_size // 2)
@@ -231,16 +242,10 @@ class PortalEnv(ReferenceEnv):
 
     render_window = (15, SEGMENT_HEIGHT)
 
-    def __init__(
-        self,
-        num_rooms: int = 4,
-        room_length: int = 8,
-        max_steps: int = 1000,
-        view_size: int = 3,
-        render_mode: str | None = None,
-        **render_kwargs: Any,
-    ):
-        self.config = PortalConfig(num_rooms, room_length, max_steps, view_size)
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        """``kwargs``: the task's parameters (`PortalConfig`) and minigrid's render options."""
+        params, render_kwargs = PortalConfig.split(kwargs)
+        self.config = PortalConfig.from_kwargs(**params)
         super().__init__(
             width=self.config.room_length + 3,
             height=self.config.num_rooms * SEGMENT_HEIGHT,
@@ -306,3 +311,15 @@ class PortalEnv(ReferenceEnv):
             "goals": self.goals,
             "wrong_after_first_goal": self.wrong_after_first_goal,
         }
+
+    salient_name = "new room"
+
+    def caption(self) -> str:
+        """The room the agent is in, the goals so far and the portals that lead on."""
+        way_on = " ".join("top" if portal == 0 else "bottom" for portal in self.correct)
+        return (f"room {self.room + 1}/{self.config.num_rooms}   goals {self.goals}   "
+                f"portals that lead on: {way_on}")  # fmt: skip
+
+    def salient_color(self, obs: dict[str, Any]) -> RGB | None:
+        """The room's colour at its first cell: a room's start tells how the last portal went."""
+        return self.color_rgb(self.room) if self.agent_pos[0] == 1 else None

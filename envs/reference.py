@@ -11,6 +11,12 @@ Its observation is a dict with the same keys, dtypes and values as one row of
 the batched observation (see :mod:`envs.core` for the encoding). ``reset``
 accepts ``options={"layout": benv.layout(i)}`` to start exactly the episode
 that batched env ``i`` is playing.
+
+For videos and span pictures (``agents.video``) each task describes itself:
+``caption()`` puts the episode's hidden information in words, and
+``salient_color(obs)`` gives the colour of what an observation shows that must
+be remembered (the corridor's cue, an instruction, a new room), named
+``salient_name``.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-from minigrid.core.constants import TILE_PIXELS
+from minigrid.core.constants import COLORS, TILE_PIXELS
 from minigrid.core.mission import MissionSpace
 from minigrid.minigrid_env import MiniGridEnv
 
-from envs.core import AGENT, EMPTY, NUM_ACTIONS, RED, image_space
+from envs.core import AGENT, COLOR_NAMES, EMPTY, NUM_ACTIONS, RED, image_space
+
+RGB = tuple[int, int, int]
+"""A colour as (red, green, blue), each 0..255."""
 
 
 class ReferenceEnv(MiniGridEnv, abc.ABC):
@@ -39,6 +48,8 @@ class ReferenceEnv(MiniGridEnv, abc.ABC):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 10}
     render_window: tuple[int, int] = (15, 7)
+    salient_name: ClassVar[str] = "salient step"
+    """What the observations of :meth:`salient_color` show, in a word or two (``"cue"``)."""
 
     def __init__(
         self,
@@ -93,6 +104,21 @@ class ReferenceEnv(MiniGridEnv, abc.ABC):
     def _extra_obs(self) -> dict[str, Any]:
         """Observation fields beside ``image``."""
         return {}
+
+    # -- what videos show ------------------------------------------------------
+    def caption(self) -> str:
+        """The episode's hidden information in words ("" where there is none to tell)."""
+        return ""
+
+    def salient_color(self, obs: dict[str, Any]) -> RGB | None:
+        """The colour of what ``obs``, the latest observation, shows that must be remembered
+        (e.g. the cue in view), or None when it shows nothing to remember."""
+        return None
+
+    @staticmethod
+    def color_rgb(color: int) -> RGB:
+        """The RGB of the suite's colour index ``color`` (minigrid's palette)."""
+        return tuple(int(v) for v in COLORS[COLOR_NAMES[color]])  # type: ignore[return-value]
 
     # -- gymnasium API ---------------------------------------------------------
     def reset(

@@ -2,7 +2,7 @@
 
 ``make_policy(kind, observation_space, num_actions, **config)`` builds a `MemoryPolicy`
 whose core is Expire-Span (``"expire_span"``), Transformer-XL (``"trxl"``) or an LSTM
-(``"lstm"``); all share the `State` and `PolicyOutput` contract of DESIGN.md §4.
+(``"lstm"``); all share the `State` and `PolicyOutput` contract (`policies.policy`).
 """
 
 from policies.config import (

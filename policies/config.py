@@ -2,9 +2,10 @@
 
 The defaults here are the single source of truth for policy settings; `make_policy`
 builds a config from keyword arguments and `dataclasses.asdict(policy.config)` gives
-them back (JSON-friendly) for a run's ``config.json``. The Expire-Span defaults follow
-the recipe measured in ``LESSONS.md`` (p = 0.75, R = 16, α = 0.01, span learning rate
-×0.1, detached non-affine LayerNorm in front of the span predictor).
+them back (JSON-friendly) for a run's ``config.json``. The Expire-Span defaults are the
+recipe that learnt the corridor in early measurements (p = 0.75, R = 16, α = 0.01, span
+learning rate ×0.1, a detached non-affine LayerNorm in front of the span predictor; see
+``docs/experiments.md``).
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ class ExpireSpanConfig(TransformerConfig):
     """In training mode, clamp every span of a forward pass to u·L_max, u ~ U(0, 1) drawn once
     per forward and shared by all layers (the official code's ``expire_span_noisy``)."""
     detach_span_input: bool = True
-    """Span predictors read a detached copy of the layer input (LESSONS recipe): the span
-    loss and the span gradient then move only the predictor, not the representation."""
+    """Span predictors read a detached copy of the layer input (``docs/experiments.md``): the
+    span loss and the span gradient then move only the predictor, not the representation."""
     prune: bool = True
     """Drop memories whose mask is 0 for every future query. Only switch off to check that
     dropping is exact: without it the cache grows by T slots per forward, forever."""

@@ -1,15 +1,24 @@
-"""Observation encoder: embeds a Dict of minigrid images, Discrete tokens and float vectors.
+"""Observation encoder: embeds minigrid cells, integer tokens and feature vectors.
 
 Shape legend: T time, B env columns, V view size, E embedding size, D model dim.
 
-Supported fields (each a value of a ``gymnasium.spaces.Dict``, or the whole space):
+The observation space is a ``gymnasium.spaces.Dict`` or ``Tuple`` of fields, nested or not,
+or one field on its own. Nested keys are flattened (:func:`flatten_space`): ``{"a": {"b":
+...}}`` gives the field ``"a.b"``, a Tuple gives ``"0"``, ``"1"``, ..., a lone field is
+``"observation"``. Each field is read according to its space:
 
 - ``Box(0, 255, (V, V, 3), uint8)``: a minigrid window of (object, colour, state) cells;
   each cell is embedded as the sum of an object, a colour and a state embedding (vocabulary
   sizes from ``minigrid.core.constants``; the state table also covers the agent's
-  direction 0..3, which minigrid stores in the state channel of the agent's cell).
+  direction 0..3, which minigrid stores in the state channel of the agent's cell). Every
+  ``uint8`` Box of shape ``(H, W, 3)`` is read this way: flatten pixel frames of that shape
+  to one axis first (``envs.gym_adapter`` does so for envs that are not minigrid envs).
 - ``Discrete(n)``: an integer token (int64 [T, B]) with its own embedding table.
-- ``Box`` of a float dtype and rank 1: a feature vector, used as it is.
+- ``MultiDiscrete(nvec)``: one token per component, embedded with one table that holds a
+  block of ``nvec[i]`` rows for each component i; the K component embeddings are
+  concatenated (K·E features).
+- Any other ``Box`` (float, integer or bool, any rank) and ``MultiBinary``: flattened to a
+  float feature vector; a ``uint8`` Box with bounds 0..255 (pixels) is divided by 255.
 
 All embeddings are concatenated and go through a small MLP to the model width D.
 """
@@ -17,6 +26,8 @@ All embeddings are concatenated and go through a small MLP to the model width D.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -25,7 +36,7 @@ from minigrid.core.constants import COLOR_TO_IDX, DIR_TO_VEC, OBJECT_TO_IDX, STA
 from torch import nn
 
 Tensor = torch.Tensor
-Obs = dict[str, Tensor] | Tensor
+Obs = Mapping[str, Any] | tuple | Tensor
 
 NUM_OBJECTS = len(OBJECT_TO_IDX)
 NUM_COLORS = len(COLOR_TO_IDX)
@@ -33,13 +44,92 @@ NUM_COLORS = len(COLOR_TO_IDX)
 NUM_STATES = max(len(STATE_TO_IDX), len(DIR_TO_VEC))
 
 SINGLE_KEY = "observation"
-"""Field name used internally when the observation space is not a Dict."""
+"""Field name used when the observation space is not a Dict or Tuple."""
 
 ALLOWED_SPACES = (
-    "Box(0, 255, (H, W, 3), uint8) of minigrid (object, colour, state) cells, "
-    "Discrete(n), or a float Box of rank 1 (flatten others with "
-    "gymnasium.wrappers.FlattenObservation)"
+    "Discrete(n), MultiDiscrete(nvec), MultiBinary(n), Box of any rank and numeric dtype "
+    "(uint8 (H, W, 3) is read as minigrid (object, colour, state) cells), "
+    "or a Dict or Tuple of these, nested or not"
 )
+"""The observation spaces the encoder reads, for error messages."""
+
+
+def describe(space: gym.Space) -> str:
+    """``space`` on one line (numpy prints the bounds of a Box of rank > 1 on several)."""
+    return " ".join(str(space).split())
+
+
+def _items(space: gym.spaces.Dict | gym.spaces.Tuple) -> Iterator[tuple[str, gym.Space]]:
+    if isinstance(space, gym.spaces.Dict):
+        return iter(space.spaces.items())
+    return ((str(index), sub) for index, sub in enumerate(space.spaces))
+
+
+def _is_container(space: gym.Space) -> bool:
+    return isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple))
+
+
+def flatten_space(space: gym.Space) -> dict[str, gym.Space]:
+    """The fields of ``space`` under their flat keys, in the space's order: the leaves of a
+    nested Dict or Tuple (``"a.b"``, ``"0"``), or ``{SINGLE_KEY: space}`` for a lone field."""
+    if not _is_container(space):
+        return {SINGLE_KEY: space}
+    fields: dict[str, gym.Space] = {}
+
+    def add(container: gym.spaces.Dict | gym.spaces.Tuple, prefix: str) -> None:
+        for key, sub in _items(container):
+            name = prefix + key
+            if _is_container(sub):
+                add(sub, name + ".")
+            elif name in fields:
+                raise ValueError(
+                    f"observation space {describe(space)} has two fields named {name!r}")
+            else:
+                fields[name] = sub
+
+    add(space, "")
+    return fields
+
+
+def flatten_observation(space: gym.Space, obs: Any) -> dict[str, Any]:
+    """``obs`` of ``space`` as a dict under the keys of :func:`flatten_space`. An observation
+    that is already flat (a dict with those keys, as ``envs.gym_adapter`` hands out) is
+    returned as it is."""
+    if not _is_container(space):
+        return {SINGLE_KEY: obs}
+    if isinstance(obs, Mapping) and not any(
+        isinstance(value, (Mapping, tuple, list)) for value in obs.values()
+    ):
+        return dict(obs)
+    flat: dict[str, Any] = {}
+
+    def add(container: gym.spaces.Dict | gym.spaces.Tuple, value: Any, prefix: str) -> None:
+        for key, sub in _items(container):
+            try:
+                part = value[key] if isinstance(container, gym.spaces.Dict) else value[int(key)]
+            except (KeyError, IndexError):
+                raise ValueError(f"observation is missing field {prefix + key!r}") from None
+            if _is_container(sub):
+                add(sub, part, prefix + key + ".")
+            else:
+                flat[prefix + key] = part
+
+    add(space, obs, "")
+    return flat
+
+
+def is_cell_image(space: gym.Space) -> bool:
+    """Whether the encoder reads ``space`` as a window of minigrid cells (uint8 H x W x 3)."""
+    shape = getattr(space, "shape", None)
+    return (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
+            and shape is not None and len(shape) == 3 and shape[2] == 3)  # fmt: skip
+
+
+def is_supported_field(space: gym.Space) -> bool:
+    """Whether the encoder reads a (non-container) field of this space."""
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        return True
+    return isinstance(space, gym.spaces.Box) and space.dtype.kind in "biuf"
 
 
 def _quarter_turns() -> tuple[int, ...]:
@@ -111,15 +201,43 @@ class TokenEmbedding(nn.Module):
         return self.embedding(token.long() - self.start)
 
 
-class FloatFeatures(nn.Module):
-    """[T, B, F] float vector, passed through (the encoder casts it to the model's dtype)."""
+class MultiTokenEmbedding(nn.Module):
+    """[T, B, *nvec.shape] tokens of a MultiDiscrete(nvec, start) field -> [T, B, K·E]: one
+    embedding per component (K of them), from one table with a block of rows per component."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, space: gym.spaces.MultiDiscrete, embed_dim: int) -> None:
         super().__init__()
-        self.out_dim = size
+        sizes = torch.as_tensor(space.nvec.flatten(), dtype=torch.long)  # [K]
+        # Component i's token t is row offsets[i] + t - start[i] of the shared table.
+        offsets = torch.cumsum(sizes, 0) - sizes
+        start = torch.as_tensor(space.start.flatten(), dtype=torch.long)
+        self.register_buffer("shift", offsets - start, persistent=False)
+        self.embedding = nn.Embedding(int(sizes.sum()), embed_dim)
+        self.out_dim = len(sizes) * embed_dim
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        tokens = tokens.long().flatten(start_dim=2)  # [T, B, *nvec.shape] -> [T, B, K]
+        return self.embedding(tokens + self.shift).flatten(start_dim=2)  # -> [T, B, K·E]
+
+
+class FloatFeatures(nn.Module):
+    """[T, B, *shape] numbers -> [T, B, F] flattened features (F the product of ``shape``),
+    divided by ``scale`` if given; the encoder casts them to the model's dtype."""
+
+    def __init__(self, shape: tuple[int, ...], scale: float | None = None) -> None:
+        super().__init__()
+        self.out_dim = int(np.prod(shape))
+        self.scale = scale
 
     def forward(self, features: Tensor) -> Tensor:
+        features = features.reshape(*features.shape[:2], self.out_dim)  # [T, B, *shape] -> [T,B,F]
+        if self.scale is not None:
+            features = features.float() / self.scale
         return features
+
+
+def _is_pixels(space: gym.spaces.Box) -> bool:
+    return space.dtype == np.uint8 and bool((space.low == 0).all() and (space.high == 255).all())
 
 
 def _field_encoder(
@@ -127,14 +245,18 @@ def _field_encoder(
 ) -> nn.Module:
     if isinstance(space, gym.spaces.Discrete):
         return TokenEmbedding(space, token_embed_dim)
-    if isinstance(space, gym.spaces.Box):
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return MultiTokenEmbedding(space, token_embed_dim)
+    if is_cell_image(space):
         shape = space.shape
-        if space.dtype == np.uint8 and len(shape) == 3 and shape[2] == 3:
-            return MinigridCellEmbedding(shape[0], shape[1], cell_embed_dim, egocentric)
-        if np.issubdtype(space.dtype, np.floating) and len(shape) == 1:
-            return FloatFeatures(shape[0])
-    raise ValueError(f"observation field {key!r} has unsupported space {space}; "
-                     f"allowed: {ALLOWED_SPACES}")
+        return MinigridCellEmbedding(shape[0], shape[1], cell_embed_dim, egocentric)
+    if isinstance(space, gym.spaces.MultiBinary):
+        return FloatFeatures(space.shape)
+    if is_supported_field(space):
+        return FloatFeatures(space.shape, 255.0 if _is_pixels(space) else None)
+    what = "unsupported observation space" if key == SINGLE_KEY else (
+        f"observation field {key!r} has unsupported space")
+    raise ValueError(f"{what} {describe(space)}; allowed: {ALLOWED_SPACES}")
 
 
 class ObservationEncoder(nn.Module):
@@ -150,10 +272,11 @@ class ObservationEncoder(nn.Module):
         egocentric: bool = False,
     ) -> None:
         super().__init__()
-        self.is_dict = isinstance(observation_space, gym.spaces.Dict)
-        spaces = observation_space.spaces if self.is_dict else {SINGLE_KEY: observation_space}
+        self.observation_space = observation_space
+        spaces = flatten_space(observation_space)
         if not spaces:
-            raise ValueError("observation space is an empty Dict; it needs at least one field")
+            raise ValueError(f"observation space {describe(observation_space)} has no field; "
+                             "it needs at least one")  # fmt: skip
         self.keys = list(spaces)
         self.fields = nn.ModuleList(
             _field_encoder(key, space, cell_embed_dim, token_embed_dim, egocentric)
@@ -163,9 +286,9 @@ class ObservationEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, d_model))
 
     def forward(self, obs: Obs) -> Tensor:
-        """``obs``: dict of [T, B, ...] tensors (one tensor for a non-Dict space) -> [T, B, D]."""
-        if not self.is_dict:
-            obs = {SINGLE_KEY: obs}
+        """``obs``: [T, B, ...] tensors, nested as the observation space (one tensor for a lone
+        field) or flat under the keys of :func:`flatten_space` -> [T, B, D]."""
+        obs = flatten_observation(self.observation_space, obs)
         missing = [key for key in self.keys if key not in obs]
         if missing:
             raise ValueError(f"observation is missing field {missing[0]!r}; expected {self.keys}")

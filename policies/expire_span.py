@@ -8,7 +8,7 @@ Per layer, every memory i (a layer input h_i, cached or of this chunk) gets a sp
     e_i = L_max · sigmoid(w · LN(h_i) / K + b),        w = 0, b = logit(p) at init,
 
 where LN is the predictor's own non-affine LayerNorm, read from a detached copy of h_i by
-default (the LESSONS recipe: the span loss then moves only the predictor, whose parameters
+default (the span loss then moves only the predictor, whose parameters
 `span_parameters` exposes for a lower learning rate). A query at t sees memory i through
 
     r_ti = e_i - (t - i),        m_ti = clamp(1 + r_ti / R, 0, 1),
@@ -43,10 +43,11 @@ are marked empty at once; every ``compact_interval`` appended steps the buffer i
 to the largest live count over the envs (rounded up), so envs with different numbers of live
 memories share one dense tensor. Live memories per env are about e + R, so memory and
 compute follow the spans, not L_max. Spans, keys and values are recomputed from the cached
-h_i with the current parameters at every forward with autograd (LESSONS trap 8; without
-autograd they are cached too, see `policies.transformer`); a memory dropped under
-older parameters stays dropped (a learner replaying a rollout starts each chunk from the
-state stored during the rollout, so its first epoch sees exactly the rollout's memories).
+h_i with the current parameters at every forward with autograd (stale cached keys put PPO's
+first ratios far from 1; without autograd they are cached too, see `policies.transformer`);
+a memory dropped under older parameters stays dropped (a learner replaying a rollout starts
+each chunk from the state stored during the rollout, so its first epoch sees exactly the
+rollout's memories).
 """
 
 from __future__ import annotations

@@ -121,8 +121,8 @@ class MemoryPolicy(nn.Module):
 
     def param_groups(self, lr: float, span_lr_scale: float = SPAN_LR_SCALE) -> list[dict]:
         """Optimizer parameter groups: everything at ``lr``, the span predictors at
-        ``lr * span_lr_scale`` (LESSONS: a lower span learning rate keeps learned spans
-        stable). Each group carries a ``name`` ("main" or "span")."""
+        ``lr * span_lr_scale`` (a lower span learning rate keeps learned spans stable,
+        ``docs/experiments.md``). Each group carries a ``name`` ("main" or "span")."""
         span = self.span_parameters()
         span_ids = {id(p) for p in span}
         main = [p for p in self.parameters() if id(p) not in span_ids]

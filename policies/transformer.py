@@ -9,12 +9,13 @@ chunk; its keys are the N = M + T *layer inputs* of the cached memories and of t
 The cache holds detached layer inputs. Every forward with autograd (the learner's) recomputes
 the keys, values (and Expire-Span's spans) of the cached memories with the current
 parameters, so a cache filled during a rollout is never stale when the learner replays it
-after a parameter update (LESSONS, trap 8); gradients reach the parameters through them but
-never the cached inputs. A forward without autograd (rollouts, evaluation: the parameters
-cannot change from one step to the next) also carries these key features in the state, as
-``derived_features_{l}`` [B, M_l, 2·D + E], and computes them only for the new steps: a
-streamed step then costs O(M·D) instead of O(M·D²). `policies.State.fresh` drops them; the
-collector does so at the start of every rollout, so they never outlive an update.
+after a parameter update (a stale cache puts PPO's ratios far from 1 at its first epoch);
+gradients reach the parameters through them but never the cached inputs. A forward without
+autograd (rollouts, evaluation: the parameters cannot change from one step to the next)
+also carries these key features in the state, as ``derived_features_{l}`` [B, M_l, 2·D + E],
+and computes them only for the new steps: a streamed step then costs O(M·D) instead of
+O(M·D²). `policies.State.fresh` drops them; the collector does so at the start of every
+rollout, so they never outlive an update.
 
 Masks and positions. Positions are counted from the chunk's first step: step t of the chunk
 is at position t, a cached memory of age a (steps from it to the chunk's first step) at -a.
@@ -306,7 +307,8 @@ class TransformerCore(MemoryCore):
         new_state, alive, spans, aux_loss = {}, [], [], x.new_zeros(())
         # Without autograd (rollouts, evaluation) the parameters cannot change between steps,
         # so the cached memories' key features are carried in the state instead of being
-        # recomputed every step; with autograd they are always recomputed (LESSONS, trap 8).
+        # recomputed every step; with autograd they are always recomputed (a stale cache
+        # skews PPO's ratios).
         reuse = not torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
             memory = state[f"memory_{layer}"]

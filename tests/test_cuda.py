@@ -16,10 +16,11 @@ from test_policies_interface import build, random_obs, random_starts, run_chunks
 import envs
 import evaluate as evaluate_cli
 import train_rl
-from agents.config import Args, resolve
 from agents.evaluate import OracleAgent, evaluate
 from agents.learner import Replay
+from agents.resolve import resolve
 from agents.run_dir import RunDir
+from agents.train_args import TrainArgs
 from agents.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -69,7 +70,7 @@ def test_policy_outputs_on_cuda_match_cpu(kind):
 
 
 def cuda_trainer(tmp_path: Path, **overrides) -> Trainer:
-    args = Args(env="corridor", length=6, num_envs=16, num_steps=64, chunk_length=16,
+    args = TrainArgs(env="corridor", length=6, num_envs=16, num_steps=64, chunk_length=16,
                 num_minibatches=2, update_epochs=2, total_steps=65536, d_model=16,
                 device="cuda", **overrides)  # fmt: skip
     config = resolve(args)

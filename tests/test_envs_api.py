@@ -81,8 +81,18 @@ def test_impossible_parameters_are_clear_errors(name, kwargs, message):
 def test_unknown_task_and_unknown_parameter_are_errors():
     with pytest.raises(ValueError, match="unknown task 'maze'; choose one of corridor"):
         envs.make_batched("maze", 2)
-    with pytest.raises(TypeError, match="lenght"):
+    with pytest.raises(ValueError, match="'lenght' is not a parameter of the corridor task "
+                       r"\(its parameters: length, num_colors"):
         envs.make_batched("corridor", 2, lenght=10)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_there_is_a_one_line_error():
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=f"device '{device}': no CUDA device is available"):
+            envs.make_batched("corridor", 2, device=device)
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
+        envs.make_batched("corridor", 2, device="tpu")
 
 
 def test_layout_from_another_config_is_rejected():

@@ -61,7 +61,7 @@ def test_corridor_best_memoryless_policy_is_at_chance():
 
 
 def test_corridor_random_policy_reaches_the_junction():
-    # LESSONS trap 1: a uniform policy must reach the junction, or no reward is ever seen.
+    # A uniform policy must reach the junction, or no reward is ever seen.
     for length in (10, 200, 1000):
         benv = envs.make_batched("corridor", 500, seed=3, length=length)
         benv.reset()

@@ -19,7 +19,6 @@ import torch
 import envs
 import evaluate as evaluate_cli
 import train_rl
-from agents.config import Args, resolve
 from agents.evaluate import (
     ActionStep,
     OracleAgent,
@@ -31,6 +30,8 @@ from agents.evaluate import (
     task_score,
     wilson_interval,
 )
+from agents.resolve import resolve
+from agents.train_args import TrainArgs
 from policies import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     """Run evaluate.py in-process: (exit status, stdout, stderr)."""
     try:
         status = evaluate_cli.main(argv)
-    except SystemExit as exit_:  # argparse's own errors
+    except SystemExit as exit_:  # the command line's own errors (tyro)
         status = int(exit_.code)
     captured = capsys.readouterr()
     return status, captured.out, captured.err
@@ -202,7 +203,7 @@ def test_episodes_are_split_evenly_and_later_ones_not_counted():
 
 def test_memory_is_reset_at_every_episode_start():
     # Spans far longer than an episode: without resets the memory would pile up over episodes.
-    config = resolve(Args(env="corridor", length=3, policy="expire_span", max_span=500))
+    config = resolve(TrainArgs(env="corridor", length=3, policy="expire_span", max_span=500))
     env = envs.make_batched("corridor", 4, seed=0, length=3, max_steps=10)
     policy = make_policy("expire_span", env.single_observation_space, 3,
                          **{**config.policy_kwargs, "span_init": 0.99})  # fmt: skip
@@ -245,9 +246,11 @@ def corrupt_copy(run: Path, tmp_path: Path) -> Path:
         (["{run}", "--episodes", "-1"], "--episodes must be >= 0, got -1"),
         (["{run}", "--episodes", "0"], "nothing to do"),
         (["{run}", "--video", "1", "--frame-skip", "0"], "--frame-skip must be >= 1, got 0"),
-        (["{run}", "--episodes", "many"], "invalid int value: 'many'"),
-        (["{run}", "--device", "tpu"], "invalid choice: 'tpu'"),
-        (["{run}", "--bogus"], "unrecognized arguments: --bogus"),
+        (["{run}", "--episodes", "many"], "--episodes: invalid value 'many'; expected INT"),
+        (["{run}", "--device", "tpu"], "invalid choice 'tpu' for argument '--device'"),
+        (["{run}", "--bogus"], "Unrecognized options: --bogus"),
+        (["{run}", "--lenght", "5"], "(did you mean --length?)"),
+        ([], "missing RUN_DIR"),
     ],
 )
 def test_bad_input_is_one_line_error_and_exit_2(argv, expected, tiny_run, tmp_path, capsys):

@@ -8,9 +8,10 @@ import torch
 
 import envs
 import train_rl
-from agents.config import Args, resolve
 from agents.evaluate import load_run
+from agents.resolve import resolve
 from agents.rollout import Collector
+from agents.train_args import TrainArgs
 from envs.last_step import LAST_ACTION, LAST_REWARD, LastStepEnv, with_last_step_space
 
 TINY_PORTAL = ["--env", "portal", "--num-rooms", "2", "--room-length", "3", "--max-steps", "40",
@@ -65,7 +66,7 @@ def test_the_fields_are_part_of_the_state_a_run_resumes_from():
 
 def test_portal_preset_shows_the_last_step_and_a_flag_turns_it_off():
     def shown(**flags) -> bool:
-        return resolve(Args(**flags)).learner.last_action_reward
+        return resolve(TrainArgs(**flags)).learner.last_action_reward
 
     assert shown(env="portal") and not shown(env="portal", last_action_reward=False)
     assert not shown(env="corridor") and shown(env="corridor", length=50, last_action_reward=True)

@@ -1,17 +1,18 @@
-"""The learner's contract with the collector and the optimiser (LESSONS traps 8 and the clip)."""
+"""The learner's contract with the collector and the optimiser (a fresh cache and the clip)."""
 
 from pathlib import Path
 
 import torch
 
-from agents.config import Args, resolve
 from agents.learner import Replay
+from agents.resolve import resolve
 from agents.run_dir import RunDir
+from agents.train_args import TrainArgs
 from agents.trainer import Trainer
 
 
 def tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
-    args = Args(env="corridor", length=6, num_envs=4, num_steps=16, chunk_length=8,
+    args = TrainArgs(env="corridor", length=6, num_envs=4, num_steps=16, chunk_length=8,
                 num_minibatches=2, update_epochs=2, total_steps=4096, d_model=16, threads=1,
                 **overrides)  # fmt: skip
     config = resolve(args)

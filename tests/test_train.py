@@ -118,9 +118,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
 def test_full_length_stage_settings_follow_the_curriculum(tmp_path):
     """--curriculum-full-fraction and --span-lr-scale-final take effect when the curriculum
     reaches the full length, not before, and a resumed run keeps them."""
-    from agents.config import Args, resolve
+    from agents.resolve import resolve
+    from agents.train_args import TrainArgs
 
-    config = resolve(Args(env="corridor", length=24, min_length=5, curriculum_start=6,
+    config = resolve(TrainArgs(env="corridor", length=24, min_length=5, curriculum_start=6,
                           curriculum_full_fraction=0.25, span_lr_scale=0.03,
                           span_lr_scale_final=0.1, num_envs=16, num_steps=16,
                           total_steps=4096, threads=1))  # fmt: skip
@@ -132,7 +133,7 @@ def test_full_length_stage_settings_follow_the_curriculum(tmp_path):
 
     stages = [stage(trainer)]
     for success in (0.5, 0.95, 0.95, 0.95):
-        trainer._advance_curriculum({"success_rate": success})
+        trainer._advance_curriculum(success)
         stages.append(stage(trainer))
     assert stages == [(6, 0.0, 0.03), (6, 0.0, 0.03), (12, 0.0, 0.03), (24, 0.25, 0.1),
                       (24, 0.25, 0.1)]  # fmt: skip
@@ -182,7 +183,7 @@ def test_instruction_curriculum_moves_from_a_small_room_to_the_task(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--env", "maze"], "unknown env 'maze'; choose corridor, portal, instruction"),
+        (["--env", "maze"], "unknown gymnasium env id 'maze'"),
         (["--length", "0"], "corridor: length must be an integer >= 1, got 0"),
         (["--num-rooms", "3"], "--num-rooms is not a parameter of corridor"),
         (["--policy", "lstm", "--max-span", "10"], "--max-span does not apply to --policy lstm"),
@@ -211,14 +212,24 @@ def test_user_mistakes_are_one_line_errors(argv, message, capsys):
 
 
 def test_resume_refuses_corrupt_checkpoints_and_mismatched_flags(tmp_path, capsys):
-    run_dir = train(tmp_path, "--total-steps", "256")
+    run_dir = train(tmp_path, "--total-steps", "256", "--seed", "3")
     assert train_rl.main(["--resume", str(run_dir), "--length", "9"], progress=False) == 2
     assert "mismatched run directory" in capsys.readouterr().err
-    # Flags the run's config fixes are refused, not silently ignored.
-    argv = ["--resume", str(run_dir), "--learning-rate", "0.1", "--total-steps", "512"]
+    # Flags the run's config fixes are refused, not silently ignored, even when the value
+    # given is the flag's default (the run has seed 3, the default is 1).
+    argv = ["--resume", str(run_dir), "--learning-rate", "0.1", "--seed", "1"]
     assert train_rl.main(argv, progress=False) == 2
-    assert ("--total-steps, --learning-rate cannot be given with --resume"
-            in capsys.readouterr().err)  # fmt: skip
+    assert ("mismatched run directory " + str(run_dir) + ": --learning-rate 0.1 (the run has "
+            "0.0005); --seed 1 (the run has 3)") in capsys.readouterr().err
+    assert train_rl.main(["--resume", str(run_dir), "--run-dir", "x"], progress=False) == 2
+    assert "--run-dir cannot be given with --resume" in capsys.readouterr().err
+    # Repeating the run's own values is fine: the run is finished, and the resume says so.
+    argv = ["--resume", str(run_dir), "--seed", "3", "--length", "4"]
+    assert train_rl.main(argv, progress=False) == 0
+    assert (f"{run_dir} is finished: it has trained all its 256 steps; train it on with "
+            f"--resume {run_dir} --total-steps N (N > 256)") in capsys.readouterr().out
+    assert train_rl.main(["--resume", str(run_dir), "--total-steps", "128"], progress=False) == 2
+    assert "--total-steps 128 with --resume must be above the 256 steps" in capsys.readouterr().err
     # The flags a resume may change are checked as for a new run.
     assert train_rl.main(["--resume", str(run_dir), "--threads", "0"], progress=False) == 2
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
@@ -233,11 +244,14 @@ def test_resume_may_change_the_stop_and_the_threads_and_records_them(tmp_path):
     run_dir = train(tmp_path, "--total-steps", "256", "--target-success", "0.5")
     assert RunDir.open(run_dir).config().run.target_success == 0.5
     argv = ["--resume", str(run_dir), "--target-success", "0.9", "--target-alive", "5",
-            "--threads", "1"]  # fmt: skip
+            "--threads", "1", "--total-steps", "512"]  # fmt: skip
     assert train_rl.main(argv, progress=False) == 0
-    run = RunDir.open(run_dir).config().run
+    config = RunDir.open(run_dir).config()
+    run = config.run
     assert (run.target_success, run.target_alive, run.threads) == (0.9, 5, 1)
-    argv = ["--resume", str(run_dir), "--target-success", "0", "--target-alive", "0"]
+    assert config.learner.total_steps == 512 and rows(run_dir)[-1]["global_step"] == "512"
+    argv = ["--resume", str(run_dir), "--target-success", "0", "--target-alive", "0",
+            "--total-steps", "768"]  # fmt: skip
     assert train_rl.main(argv, progress=False) == 0
     run = RunDir.open(run_dir).config().run
     assert (run.target_success, run.target_alive) == (None, None)
@@ -284,11 +298,12 @@ def test_expire_span_solves_corridor_50(tmp_path):
 
 
 def test_the_corridor_preset_stops_once_solved_unless_told_to_train_on():
-    from agents.config import Args, resolve
+    from agents.resolve import resolve
     from agents.run_config import ConfigError
+    from agents.train_args import TrainArgs
 
     def target(**flags) -> float | None:
-        return resolve(Args(**flags)).run.target_success
+        return resolve(TrainArgs(**flags)).run.target_success
 
     assert target(env="corridor", length=100) == 0.99
     assert target(env="corridor", length=100, target_success=0.9) == 0.9
@@ -299,15 +314,16 @@ def test_the_corridor_preset_stops_once_solved_unless_told_to_train_on():
     assert target(env="portal") is None
     with pytest.raises(ConfigError, match=r"--target-success must be in \[0, 1\] \(0: off\), "
                                           r"got 1.5"):
-        resolve(Args(env="corridor", target_success=1.5))
+        resolve(TrainArgs(env="corridor", target_success=1.5))
 
 
 def test_the_alive_memories_target_is_checked_and_off_unless_given():
-    from agents.config import Args, resolve
+    from agents.resolve import resolve
     from agents.run_config import ConfigError
+    from agents.train_args import TrainArgs
 
     def alive(**flags) -> float | None:
-        return resolve(Args(**flags)).run.target_alive
+        return resolve(TrainArgs(**flags)).run.target_alive
 
     # The preset's stop waits for 5 % of the length alive from length 1000 (Expire-Span, PPO).
     assert alive(env="corridor", length=1000) == 50
@@ -320,11 +336,11 @@ def test_the_alive_memories_target_is_checked_and_off_unless_given():
     assert alive(env="corridor", length=1000, target_alive=0.0) is None
     with pytest.raises(ConfigError, match=r"--target-alive must be a number of memories >= 0 "
                                           r"\(0: off\), got -1.0"):
-        resolve(Args(env="corridor", target_alive=-1.0))
+        resolve(TrainArgs(env="corridor", target_alive=-1.0))
     with pytest.raises(ConfigError, match=r"--target-alive 10.0 needs a target to stop at"):
-        resolve(Args(env="corridor", target_success=0.0, target_alive=10.0))
+        resolve(TrainArgs(env="corridor", target_success=0.0, target_alive=10.0))
     with pytest.raises(ConfigError, match=r"--target-alive needs a policy with memories"):
-        resolve(Args(env="corridor", policy="lstm", target_alive=10.0))
+        resolve(TrainArgs(env="corridor", policy="lstm", target_alive=10.0))
 
 
 @pytest.mark.parametrize(("algo", "start", "final", "rate"), [("ppo", 0.03, 0.01, 5e-4),
@@ -332,13 +348,14 @@ def test_the_alive_memories_target_is_checked_and_off_unless_given():
 def test_corridor_preset_sets_each_learners_entropy_and_flags_override_it(
     algo, start, final, rate
 ):
-    from agents.config import Args, resolve
+    from agents.resolve import resolve
+    from agents.train_args import TrainArgs
 
-    learner = resolve(Args(env="corridor", length=100, algo=algo)).learner
+    learner = resolve(TrainArgs(env="corridor", length=100, algo=algo)).learner
     assert (learner.ent_coef, learner.ent_coef_final) == (start, final)
     assert learner.learning_rate == rate
     flags = {"ent_coef": 0.02, "learning_rate": 3e-4}
-    learner = resolve(Args(env="corridor", length=100, algo=algo, **flags)).learner
+    learner = resolve(TrainArgs(env="corridor", length=100, algo=algo, **flags)).learner
     assert (learner.ent_coef, learner.learning_rate) == (0.02, 3e-4)
 
 
@@ -381,11 +398,12 @@ def test_a_greedy_check_of_the_full_task_must_confirm_the_stop(tmp_path, capsys,
 
 
 def test_the_greedy_check_is_checked_and_off_unless_given():
-    from agents.config import Args, resolve
+    from agents.resolve import resolve
     from agents.run_config import ConfigError
+    from agents.train_args import TrainArgs
 
     def confirm(**flags) -> int | None:
-        return resolve(Args(**flags)).run.confirm_episodes
+        return resolve(TrainArgs(**flags)).run.confirm_episodes
 
     assert confirm(env="portal") is None
     assert confirm(env="corridor", length=500) is None
@@ -395,17 +413,18 @@ def test_the_greedy_check_is_checked_and_off_unless_given():
     assert confirm(env="corridor", length=1000, target_success=0.9, confirm_episodes=50) == 50
     assert confirm(env="corridor", length=1000, target_success=0.9, confirm_episodes=0) is None
     with pytest.raises(ConfigError, match=r"--confirm-episodes must be >= 0 \(0: off\), got -1"):
-        resolve(Args(env="corridor", confirm_episodes=-1))
+        resolve(TrainArgs(env="corridor", confirm_episodes=-1))
     with pytest.raises(ConfigError, match=r"--confirm-episodes 10 needs a target to confirm"):
-        resolve(Args(env="corridor", target_success=0.0, confirm_episodes=10))
+        resolve(TrainArgs(env="corridor", target_success=0.0, confirm_episodes=10))
 
 
 def test_the_oracle_share_target_is_checked_and_the_instruction_presets_stop():
-    from agents.config import Args, resolve
+    from agents.resolve import resolve
     from agents.run_config import ConfigError
+    from agents.train_args import TrainArgs
 
     def stop(**flags) -> tuple[float | None, int | None]:
-        run = resolve(Args(**flags)).run
+        run = resolve(TrainArgs(**flags)).run
         return run.target_oracle_share, run.confirm_episodes
 
     assert stop(env="instruction") == (0.93, 100)
@@ -414,11 +433,11 @@ def test_the_oracle_share_target_is_checked_and_the_instruction_presets_stop():
     assert stop(env="portal") == (None, None)
     assert stop(env="portal", target_oracle_share=0.8) == (0.8, 100)
     with pytest.raises(ConfigError, match=r"--target-oracle-share must be in \[0, 1\]"):
-        resolve(Args(env="portal", target_oracle_share=1.5))
+        resolve(TrainArgs(env="portal", target_oracle_share=1.5))
     with pytest.raises(ConfigError, match=r"--confirm-episodes must be >= 1 with it, got 0"):
-        resolve(Args(env="instruction", confirm_episodes=0))
+        resolve(TrainArgs(env="instruction", confirm_episodes=0))
     with pytest.raises(ConfigError, match=r"needs one of the suite's tasks .* not CartPole-v1"):
-        resolve(Args(env="CartPole-v1", target_oracle_share=0.9))
+        resolve(TrainArgs(env="CartPole-v1", target_oracle_share=0.9))
 
 
 def test_an_oracle_share_check_stops_the_run_and_a_resume_may_set_it(tmp_path, capsys, monkeypatch):
@@ -456,31 +475,38 @@ def test_an_oracle_share_check_stops_the_run_and_a_resume_may_set_it(tmp_path, c
             "task (last interval: success ") in (out := capsys.readouterr().out)
     assert "last greedy check, at step 2048: success " in out
     assert "25.0% of the oracle's score); evaluate the run before relying on it" in out
+    # The run has used its steps: a resume says so, and trains on only with more of them.
     argv = ["--resume", str(run_dir), "--target-oracle-share", "0"]
+    assert train_rl.main(argv, progress=False) == 0
+    assert "is finished: it has trained all its 2560 steps" in capsys.readouterr().out
+    argv = ["--resume", str(run_dir), "--target-oracle-share", "0", "--total-steps", "2688"]
     assert train_rl.main(argv, progress=False) == 0
     run = RunDir.open(run_dir).config().run
     assert (run.target_oracle_share, run.confirm_episodes) == (None, 6)
+    assert rows(run_dir)[-1]["global_step"] == "2688"
     argv = ["--resume", str(run_dir), "--target-oracle-share", "0.5", "--confirm-episodes", "0"]
     assert train_rl.main(argv, progress=False) == 2
     assert "--confirm-episodes must be >= 1 with it, got 0" in capsys.readouterr().err
 
 
 def test_presets_for_few_corridor_memories_and_the_instruction_room_curriculum():
-    from agents.config import Args, resolve
+    from agents.resolve import resolve
+    from agents.train_args import TrainArgs
 
-    long = resolve(Args(env="corridor", length=1000))
+    long = resolve(TrainArgs(env="corridor", length=1000))
     assert (long.learner.span_lr_scale, long.learner.curriculum_full_fraction) == (0.1, 0.1)
     assert long.policy_kwargs["ramp_length"] == 8
-    fixed = resolve(Args(env="corridor", length=1000, min_length=1000))  # no random lengths
+    fixed = resolve(TrainArgs(env="corridor", length=1000, min_length=1000))  # no random lengths
     assert (fixed.learner.span_lr_scale, fixed.learner.curriculum_full_fraction) == (0.1, 0.0)
-    for other in (Args(env="corridor", length=500), Args(env="corridor", algo="impala")):
+    for other in (TrainArgs(env="corridor", length=500), TrainArgs(env="corridor", algo="impala")):
         config = resolve(other)
         assert (config.learner.span_lr_scale, config.learner.curriculum_full_fraction) == (
             0.03, 0.0)  # fmt: skip
         assert "ramp_length" not in config.policy_kwargs
-    instruction = resolve(Args(env="instruction"))
+    instruction = resolve(TrainArgs(env="instruction"))
     assert (instruction.learner.curriculum_start, instruction.learner.curriculum_success) == (
         3, 0.3)  # fmt: skip
     assert instruction.policy_kwargs["egocentric"] is True
-    assert resolve(Args(env="instruction", size=4)).learner.curriculum_start is None
-    assert resolve(Args(env="instruction", egocentric=False)).policy_kwargs["egocentric"] is False
+    assert resolve(TrainArgs(env="instruction", size=4)).learner.curriculum_start is None
+    egocentric = resolve(TrainArgs(env="instruction", egocentric=False)).policy_kwargs["egocentric"]
+    assert egocentric is False

@@ -15,9 +15,10 @@ from test_evaluate import run_cli, train_tiny_run
 
 import envs
 from agents.build import build_policy, make_env
-from agents.config import Args, resolve
 from agents.evaluate import LoadedRun, PolicyAgent, load_run
+from agents.resolve import resolve
 from agents.run_dir import RunDir
+from agents.train_args import TrainArgs
 from agents.video import (
     LABEL_WIDTH,
     PANEL_TITLE_HEIGHT,
@@ -41,7 +42,7 @@ def fresh_run(path: Path, policy: str, env: str = "corridor", **flags) -> Loaded
     ``flags`` are train_rl flags (task and policy settings)."""
     small = {"d_model": 16, "num_layers": 2, **({} if policy == "lstm" else {"num_heads": 2})}
     flags = {"length": 5, **flags} if env == "corridor" else flags
-    config = resolve(Args(env=env, policy=policy, **small, **flags))
+    config = resolve(TrainArgs(env=env, policy=policy, **small, **flags))
     run_dir = RunDir.create(path, config)
     batched = make_env(config, num_envs=1, device="cpu", seed=0)
     model = build_policy(config, batched, "cpu").eval()
