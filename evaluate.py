@@ -152,7 +152,7 @@ def report(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 def run(args: EvalArgs) -> dict[str, Any]:
     """Evaluate (and record) as ``args`` say; returns the eval.json summary."""
-    from agents.evaluate import load_run
+    from agents.load_run import load_run
 
     check_args(args)
     device = resolve_device(args.device)
@@ -161,6 +161,10 @@ def run(args: EvalArgs) -> dict[str, Any]:
         torch.set_num_threads(threads)
     overrides = args.overrides()
     loaded = load_run(args.run_dir, args.checkpoint, device, overrides)
+    if args.video > 0:  # before minutes of evaluation, not after
+        from agents.video import check_recordable
+
+        check_recordable(loaded.config)
     summary: dict[str, Any] = {
         "run_dir": str(loaded.run_dir.path),
         "checkpoint": loaded.checkpoint,
@@ -191,16 +195,19 @@ def run(args: EvalArgs) -> dict[str, Any]:
 
 def evaluate_episodes(args: EvalArgs, loaded: Any) -> dict[str, Any]:
     """The policy's evaluation (and the oracle's, on the same settings), for eval.json."""
+    from agents.eval_progress import EvalProgressDisplay
     from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle, score_name
 
     num_envs = min(args.num_envs or loaded.config.learner.num_envs, args.episodes)
     agent = PolicyAgent(loaded.policy, args.deterministic, args.seed)
-    if args.no_oracle or loaded.config.env not in envs.TASKS:  # gym ids have no oracle
-        env = loaded.make_env(num_envs, args.seed)
-        return evaluate(env, agent, args.episodes, seed=args.seed).to_dict()
-    result, oracle, share = evaluate_with_oracle(
-        lambda: loaded.make_env(num_envs, args.seed), agent, args.episodes, args.seed
-    )
+    with EvalProgressDisplay("evaluating") as show:
+        if args.no_oracle or loaded.config.env not in envs.TASKS:  # gym ids have no oracle
+            env = loaded.make_env(num_envs, args.seed)
+            return evaluate(env, agent, args.episodes, seed=args.seed, progress=show).to_dict()
+        result, oracle, share = evaluate_with_oracle(
+            lambda: loaded.make_env(num_envs, args.seed), agent, args.episodes, args.seed,
+            progress=show,
+        )  # fmt: skip
     keys = ("success_rate", "mean_return", "mean_length", "timeout_rate", "counters")
     score = score_name(envs.TASKS[loaded.config.env][0])
     return {**result.to_dict(), "oracle": {key: oracle.to_dict()[key] for key in keys},

@@ -8,9 +8,18 @@ checkpoint.
 
 from __future__ import annotations
 
+import signal
+import sys
+
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT)."""
+
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, no traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(print("\ninterrupted", file=sys.stderr)
+                                                     or INTERRUPTED))
+
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +83,15 @@ def finished_note(
 
 def main(argv: list[str] | None = None, progress: bool = True) -> int:
     """Run the CLI; returns the process exit status."""
-    args = parse_args(TrainArgs, argv, "python train_rl.py", __doc__.splitlines()[0])
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C from here: see below
+    run_dir: RunDir | None = None
     try:
+        args = parse_args(TrainArgs, argv, "python train_rl.py", __doc__.splitlines()[0])
         if args.resume is not None:
             run_dir = RunDir.open(args.resume)
             stored = run_dir.config()
-            checkpoint = run_dir.load_checkpoint()  # fail early on a missing or corrupt one
+            # Fail early on a missing or corrupt checkpoint.
+            checkpoint = run_dir.load_checkpoint(device=stored.run.device)
             config = resolve_resume(args, given_flags(argv), stored, checkpoint["global_step"])
             finished = finished_note(run_dir, config, stored, checkpoint)
             if finished:
@@ -87,15 +99,17 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
                 return 0
             if config != stored:
                 run_dir.write_config(config)
+            run_dir.remove_temporaries()
             resume = True
         else:
             config = resolve(args)
             path = Path(args.run_dir) if args.run_dir else Path("runs") / default_name(config)
             run_dir = RunDir.create(path, config)
-            resume = False
+            resume, checkpoint = False, None
         from agents.trainer import Trainer
 
-        trainer = Trainer(config, run_dir, resume=resume, progress=progress)
+        trainer = Trainer(config, run_dir, resume=resume, progress=progress,
+                          checkpoint=checkpoint)  # fmt: skip
         print(f"run directory: {run_dir.path}", flush=True)
         row = trainer.run()
         if config.run.target_success is not None or config.run.target_oracle_share is not None:
@@ -105,13 +119,20 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
     except (ConfigError, RunDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as error:  # e.g. a full disk: the checkpoint written before stays intact
+        where = f"; the last good checkpoint is kept in {run_dir.checkpoints}" if run_dir else ""
+        print(f"error: training stopped, cannot write {error.filename or 'the run directory'}: "
+              f"{error.strerror or error}{where}", file=sys.stderr)  # fmt: skip
+        return 1
     except NonFiniteLossError as error:
+        assert run_dir is not None
         print(f"error: training stopped, {error}; the last good checkpoint is kept in "
               f"{run_dir.checkpoints}", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with --resume {run_dir.path}", file=sys.stderr)
-        return 130
+        resume = f"; resume with --resume {run_dir.path}" if run_dir else ""
+        print(f"\ninterrupted{resume}", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

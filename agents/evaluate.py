@@ -12,9 +12,8 @@ episodes do not dominate. Everything stays on the env's device; the host
 reads a flag once every ``check_interval`` steps to see whether all envs are
 done, and the sums once at the end.
 
-:func:`load_run` rebuilds env settings, policy and weights from a run
-directory alone (``config.json`` and a checkpoint), with task overrides such
-as a longer corridor to test generalisation.
+Rebuilding a run from its directory is `agents.load_run`; progress displays are
+`agents.eval_progress`.
 """
 
 from __future__ import annotations
@@ -29,10 +28,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 import envs
-from agents.build import build_policy, make_env
-from agents.cli import task_parameters
-from agents.run_config import ConfigError, TrainConfig
-from agents.run_dir import RunDir, RunDirError
+from agents.eval_progress import EvalProgress, seconds_left
 from policies.policy import MemoryPolicy, PolicyOutput
 
 Tensor = torch.Tensor
@@ -232,12 +228,15 @@ class EpisodeTally:
 
 @torch.no_grad()
 def evaluate(
-    env: Any, agent: Agent, episodes: int, seed: int | None = None, check_interval: int = 64
-) -> EvalResult:
+    env: Any, agent: Agent, episodes: int, seed: int | None = None, check_interval: int = 64,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> EvalResult:  # fmt: skip
     """Play ``episodes`` episodes of ``env`` (batched) with ``agent``; memory is reset at every
     episode start through ``episode_starts``. The host checks for the end every
     ``check_interval`` steps (and never past the step by which every episode must have ended
-    when the env has a time limit)."""
+    when the env has a time limit); ``progress``, if given, is called with an
+    :class:`EvalProgress` at each of those checks and once at the end (e.g. an
+    :class:`EvalProgressDisplay`)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs, device = env.num_envs, env.device
@@ -251,6 +250,7 @@ def evaluate(
     finished = torch.zeros(num_envs, dtype=torch.long, device=device)  # [B] episodes ended
     tally = EpisodeTally(device)
     steps = 0
+    reported, paced_steps = 0, 0  # episodes done at the last check, and when that changed
     while True:
         counting = finished < targets  # [B] envs inside a counted episode
         step = agent.act(obs, state, episode_starts)
@@ -265,9 +265,26 @@ def evaluate(
         steps += 1
         if step_limit is not None and steps >= step_limit:
             break
-        if steps % check_interval == 0 and bool((finished >= targets).all()):
-            break
-    return tally.result(episodes, num_envs, steps * num_envs, time.perf_counter() - start)
+        if steps % check_interval == 0:
+            # One host read per check, whether or not anyone watches the progress.
+            done_count, successes, all_done = torch.stack([
+                torch.minimum(finished, targets).sum().to(torch.float64), tally.sums[0],
+                (finished >= targets).all().to(torch.float64),
+            ]).tolist()  # fmt: skip
+            if progress is not None:
+                if int(done_count) > reported:
+                    reported, paced_steps = int(done_count), steps
+                seconds = time.perf_counter() - start
+                left = seconds_left(reported, episodes, steps, paced_steps, step_limit, seconds)
+                progress(EvalProgress(reported, episodes, successes, steps * num_envs, seconds,
+                                      left))  # fmt: skip
+            if all_done:
+                break
+    result = tally.result(episodes, num_envs, steps * num_envs, time.perf_counter() - start)
+    if progress is not None:
+        progress(EvalProgress(episodes, episodes, result.success_rate * episodes,
+                              result.env_steps, result.seconds, 0.0))  # fmt: skip
+    return result
 
 
 def score_name(env: Any) -> str:
@@ -284,114 +301,16 @@ def task_score(result: EvalResult, env: Any) -> float:
 
 
 def evaluate_with_oracle(
-    new_env: Callable[[], Any], agent: Agent, episodes: int, seed: int
-) -> tuple[EvalResult, EvalResult, float]:
+    new_env: Callable[[], Any], agent: Agent, episodes: int, seed: int,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> tuple[EvalResult, EvalResult, float]:  # fmt: skip
     """Play ``agent`` and the task's scripted oracle on the same episodes (each in a fresh env
     from ``new_env``, reset with ``seed``): both results and the agent's share of the oracle's
-    `task_score`."""
+    `task_score`. ``progress`` follows the agent's evaluation (the oracle's is quick)."""
     env = new_env()
-    result = evaluate(env, agent, episodes, seed=seed)
+    result = evaluate(env, agent, episodes, seed=seed, progress=progress)
     oracle_env = new_env()
     oracle = evaluate(oracle_env, OracleAgent(oracle_env), episodes, seed=seed)
     best = task_score(oracle, oracle_env)
     share = task_score(result, env) / best if best > 0 else math.nan
     return result, oracle, share
-
-
-# -- rebuilding a run ------------------------------------------------------------------------
-@dataclass
-class LoadedRun:
-    """A run rebuilt for evaluation: its config, the task settings to use, the policy."""
-
-    run_dir: RunDir
-    config: TrainConfig
-    env_kwargs: dict[str, Any]
-    """Task settings for evaluation: the run's, with the overrides applied."""
-    overrides: dict[str, Any]
-    policy: MemoryPolicy
-    checkpoint: dict[str, Any]
-    """global_step, update, wall_time and path of the checkpoint loaded."""
-    device: torch.device
-
-    def make_env(self, num_envs: int, seed: int, device: str | torch.device | None = None) -> Any:
-        """A batched env with the evaluation's task settings."""
-        device = self.device if device is None else device
-        return make_env(self.config, num_envs=num_envs, device=str(device), seed=seed,
-                        **self.env_kwargs)  # fmt: skip
-
-
-def resolve_task(config: TrainConfig, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The run's task settings with ``overrides`` applied and validated (raises ConfigError).
-
-    A time limit the run left at the task's default follows the overridden settings (a
-    corridor of length 5000 gets the default limit of that length), unless given too.
-    """
-    overrides = {name: value for name, value in overrides.items() if value is not None}
-    if config.env not in envs.TASKS:
-        if overrides:
-            name = next(iter(overrides))
-            raise ConfigError(f"--{name.replace('_', '-')} applies only to the suite's own tasks, "
-                              f"not {config.env}")  # fmt: skip
-        return dict(config.env_kwargs)
-    allowed = task_parameters()[config.env]
-    for name, value in overrides.items():
-        if name not in allowed:
-            flags = ", ".join("--" + n.replace("_", "-") for n in allowed)
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is not a parameter of "
-                              f"{config.env} (its parameters: {flags})")  # fmt: skip
-    view_size = config.env_kwargs.get("view_size")
-    if "view_size" in overrides and overrides["view_size"] != view_size:
-        raise ConfigError(
-            f"--view-size {overrides['view_size']}: the policy was trained with "
-            f"view_size {view_size}, and its observations must keep that shape"
-        )
-    task_class = envs.TASKS[config.env][0].config_class
-    kwargs = dict(config.env_kwargs)
-    if overrides and "max_steps" not in overrides and "max_steps" in kwargs:
-        without_limit = {k: v for k, v in kwargs.items() if k != "max_steps"}
-        try:
-            if task_class(**without_limit).max_steps == kwargs["max_steps"]:
-                kwargs = without_limit  # the run used the default time limit: keep following it
-        except ValueError:
-            pass
-    kwargs.update(overrides)
-    if "min_length" in kwargs and "min_length" not in overrides:
-        kwargs["min_length"] = kwargs["length"]  # a random-length run is evaluated at full length
-    try:
-        task = task_class(**kwargs)
-    except ValueError as error:
-        given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
-        raise ConfigError(f"{given}: {config.env} rejects it: {error}") from None
-    return {name: getattr(task, name) for name in allowed}
-
-
-def load_run(
-    path: str, checkpoint: str | None = None, device: str = "cpu",
-    overrides: dict[str, Any] | None = None,
-) -> LoadedRun:  # fmt: skip
-    """Rebuild a run's policy and weights from its directory (raises RunDirError/ConfigError)."""
-    run_dir = RunDir.open(path)
-    config = run_dir.config()
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    env_kwargs = resolve_task(config, overrides)
-    payload = run_dir.load_checkpoint(checkpoint, device=device)
-    if "policy" not in payload:
-        raise RunDirError(f"{run_dir.checkpoint_path(checkpoint)} holds no policy weights")
-    env = make_env(config, num_envs=1, device=device, seed=0, **env_kwargs)
-    try:
-        policy = build_policy(config, env, device)
-        policy.load_state_dict(payload["policy"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise RunDirError(
-            f"checkpoint {run_dir.checkpoint_path(checkpoint)} does not fit the "
-            f"run's policy: {first_line}"
-        ) from None
-    policy.eval()
-    info = {
-        "path": str(run_dir.checkpoint_path(checkpoint)),
-        "global_step": int(payload.get("global_step", 0)),
-        "update": int(payload.get("update", 0)),
-        "wall_time": float(payload.get("wall_time", 0.0)),
-    }
-    return LoadedRun(run_dir, config, env_kwargs, overrides, policy, info, torch.device(device))

@@ -9,32 +9,36 @@
 
 into ``RUN_DIR/plots/`` for one run, or overlaid (one colour per run, e.g.
 Expire-Span against Transformer-XL on one task) into ``--output-dir``
-(default ``plots/``) for several. :func:`plot_span_episode` draws the span
-picture of one recorded episode (the RL version of the paper's Figure 8):
-the observation timeline, and under it each layer's predicted span of every
-observation, coloured by span. ``evaluate.py --video K`` writes one per
+(default ``plots/``) for several.
+
+:func:`plot_span_episode` draws the span picture of one recorded episode (the
+RL version of the paper's Figure 8): what the agent saw at the salient steps
+(the corridor's cue, an instruction, a new room) and at the end, and under it
+each layer's predicted span of every step on a logarithmic axis, the salient
+steps marked in their colour, captioned with the salient step's span against
+the median of the other steps. ``evaluate.py --video K`` writes one per
 recorded episode of an Expire-Span policy.
 
-Shape legend: T steps of an episode, L layers, V view size.
+Shape legend: T steps of an episode, L layers.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global backend, nothing opens a window
-from minigrid.core.constants import COLORS, IDX_TO_COLOR, OBJECT_TO_IDX
+from minigrid.core.constants import COLORS
 
+from agents.cli import USAGE_ERROR, parse_args
 from agents.run_dir import METRIC_COLUMNS, RunDir, RunDirError
 
 # Figure name -> subplots, each a tuple of metric columns drawn on one axis.
@@ -140,89 +144,183 @@ def plot_run_dirs(
 
 
 # -- the span picture ------------------------------------------------------------------------
-def observation_strip(images: np.ndarray, salient: np.ndarray) -> np.ndarray:
-    """[T, V, V, 3] minigrid cells -> an RGB timeline [V + 2, T·V, 3]: each step's window
-    (objects in their colour, the agent light grey, floor black), and under it a band in the
-    colour of what the task showed to remember at that step."""
-    steps, view = images.shape[:2]
-    objects, colors = images[..., 0], images[..., 1]
-    palette = np.array([COLORS[IDX_TO_COLOR[i]] for i in range(len(IDX_TO_COLOR))], np.uint8)
-    rgb = palette[np.clip(colors, 0, len(palette) - 1)]  # [T, V, V, 3]
-    plain = np.isin(objects, [OBJECT_TO_IDX["empty"], OBJECT_TO_IDX["unseen"],
-                              OBJECT_TO_IDX["floor"]])  # fmt: skip
-    rgb[plain] = 0
-    rgb[objects == OBJECT_TO_IDX["wall"]] //= 2  # walls darker than objects of their colour
-    rgb[objects == OBJECT_TO_IDX["agent"]] = 200
-    windows = rgb.transpose(0, 2, 1, 3)  # image[t, x, y] -> [T, y, x, 3]: rows are y
-    strip = windows.transpose(1, 0, 2, 3).reshape(view, steps * view, 3)  # [V, T·V, 3]
-    band = np.where(salient[:, None, :] >= 0, salient[:, None, :], 0).astype(np.uint8)
-    band = np.repeat(band, view, axis=1).reshape(1, steps * view, 3)
-    gap = np.full((1, steps * view, 3), 255, np.uint8)
-    return np.concatenate([strip, gap, band], axis=0)
+SPAN_FLOOR = 1.0
+"""The span axis starts here (log scale): shorter spans are drawn as this long."""
+PLAIN_STEPS = "#6f8fbf"
+"""Colour of the steps that show nothing to remember."""
+
+
+COLOR_WORDS = {tuple(int(v) for v in rgb): name for name, rgb in COLORS.items()}
+"""Minigrid's colours by RGB, to name a salient step's colour."""
+
+
+def _named(name: str, rgb: np.ndarray) -> str:
+    """``name`` with the colour word of ``rgb`` when it is one of minigrid's colours."""
+    word = COLOR_WORDS.get(tuple(int(v) for v in rgb))
+    return f"{name} ({word})" if word else name
+
+
+def salient_events(salient: np.ndarray) -> list[np.ndarray]:
+    """The salient events of ``salient`` ([T, 3] colour per step, -1 where nothing): the
+    steps of each run of consecutive salient steps of one colour, in order."""
+    shown = salient[:, 0] >= 0
+    events: list[list[int]] = []
+    for step in np.nonzero(shown)[0]:
+        if events and events[-1][-1] == step - 1 and (salient[step] == salient[step - 1]).all():
+            events[-1].append(int(step))
+        else:
+            events.append([int(step)])
+    return [np.array(event) for event in events]
+
+
+def span_summary(spans: np.ndarray, salient: np.ndarray, name: str) -> str:
+    """One line on what Expire-Span keeps: the salient steps' spans against the median span
+    of the other steps (``spans`` [T, L]: a step's span is its longest over the layers)."""
+    longest = spans.max(axis=1)  # [T]
+    events = salient_events(salient)
+    others = np.ones(len(longest), dtype=bool)
+    for event in events:
+        others[event] = False
+    rest = (f"other steps: median {np.median(longest[others]):.0f}" if others.any()
+            else "no other steps")  # fmt: skip
+    layers = f" (longest over the {spans.shape[1]} layers)" if spans.shape[1] > 1 else ""
+    if not events:
+        return f"span: median {np.median(longest):.0f} over {len(longest)} steps{layers}"
+    peaks = [int(event[np.argmax(longest[event])]) for event in events]  # each event's best
+    if len(events) == 1:
+        return f"{name} (step {peaks[0]}): span {longest[peaks[0]]:.0f}; {rest}{layers}"
+    best = max(peaks, key=lambda step: longest[step])
+    return (f"{name} ({len(events)} times): median span {np.median(longest[peaks]):.0f}, "
+            f"longest {longest[best]:.0f} (step {best}); {rest}{layers}")  # fmt: skip
+
+
+def _frame_row(figure: Any, trace: Any, events: list[np.ndarray], outcome: str) -> None:
+    """What the agent saw: the env's frames of the trace, titled by step and meaning."""
+    firsts = {int(event[0]) for event in events}
+    last = len(trace.spans) - 1
+    steps = sorted(trace.frames)
+    axes = figure.subplots(1, len(steps), squeeze=False)[0]
+    for axis, step in zip(axes, steps, strict=True):
+        axis.imshow(trace.frames[step], interpolation="antialiased")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if step in firsts:
+            label = f"step {step}: {_named(trace.salient_name, trace.salient[step])}"
+        elif step == last:
+            label = f"step {step}: end ({outcome})"
+        else:
+            label = f"step {step}: start" if step == 0 else f"step {step}"
+        axis.set_title(label, fontsize=9)
+
+
+def _span_axis(axis: Any, spans: np.ndarray, trace: Any, events: list[np.ndarray],
+               layer: int) -> None:  # fmt: skip
+    """One layer's spans ``spans`` [T] against the step, the salient steps marked."""
+    steps = len(spans)
+    timeline = np.arange(steps)
+    shown = np.maximum(spans, SPAN_FLOOR)
+    axis.fill_between(timeline, SPAN_FLOOR, shown, step="mid", color=PLAIN_STEPS, alpha=0.75,
+                      linewidth=0.6, label="span of each step")  # fmt: skip
+    others = np.ones(steps, dtype=bool)
+    for event in events:
+        others[event] = False
+    if others.any():
+        median = float(np.median(spans[others]))
+        which = "median of the other steps" if events else "median span"
+        axis.axhline(max(median, SPAN_FLOOR), color="0.35", linestyle="--", linewidth=1,
+                     label=f"{which}: {median:.0f}")  # fmt: skip
+    if trace.max_span > 0:
+        axis.axhline(trace.max_span, color="0.6", linestyle=":", linewidth=1,
+                     label=f"L_max {trace.max_span:.0f}")  # fmt: skip
+    salient = np.concatenate(events) if events else np.zeros(0, dtype=int)
+    if len(salient):
+        colors = np.clip(trace.salient[salient] / 255.0, 0.0, 1.0)
+        axis.vlines(salient, SPAN_FLOOR, shown[salient], colors=colors, linewidth=2.5, zorder=3)
+        axis.scatter(salient, shown[salient], c=colors, s=36, edgecolors="black", zorder=4,
+                     linewidths=0.8, label=f"{trace.salient_name} in view")  # fmt: skip
+        best = int(salient[np.argmax(spans[salient])])
+        axis.annotate(f"{trace.salient_name} (step {best}): span {spans[best]:.0f}",
+                      (best, shown[best]), xytext=(10, -4), textcoords="offset points",
+                      fontsize=9, fontweight="bold", va="top", zorder=5,
+                      bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.7"})  # fmt: skip
+    axis.set_yscale("log")
+    axis.set_ylim(SPAN_FLOOR * 0.9, max(trace.max_span, float(shown.max()), 10.0) * 2.5)
+    margin = max(1.0, 0.01 * steps)
+    axis.set_xlim(-margin, steps - 1 + margin)
+    axis.set_ylabel(f"span (steps), layer {layer}", fontsize=8)
+    axis.tick_params(labelsize=7)
+    axis.grid(alpha=0.25, which="major")
+    if layer == 0:  # above the plot, where it hides no step
+        axis.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=4,
+                    frameon=False)  # fmt: skip
 
 
 def plot_span_episode(trace: Any, path: str | Path) -> Path:
-    """The span picture of one episode (``agents.video.EpisodeTrace``): the observation
-    timeline on top, then per layer the predicted span of each step's memory, coloured by
-    span. The cue (or instruction) should get long spans, the steps between short ones."""
+    """The span picture of one episode (``agents.video.EpisodeTrace``): the env's frames at
+    the start, the first salient steps and the end on top, then per layer the predicted span
+    of each step's memory on a log axis, the salient steps marked in their colour and the
+    longest-kept one labelled; the title's second line compares their span with the median
+    of the other steps (:func:`span_summary`)."""
     spans = np.asarray(trace.spans, dtype=float)  # [T, L]
-    steps, layers = spans.shape
-    figure = Figure(figsize=(11, 1.6 + 1.7 * layers), layout="constrained")
-    axes = figure.subplots(1 + layers, 1, sharex=True, squeeze=False,
-                           height_ratios=[1.0] + [2.0] * layers)[:, 0]  # fmt: skip
-    axes[0].imshow(observation_strip(trace.images, trace.salient), aspect="auto",
-                   interpolation="nearest", extent=(-0.5, steps - 0.5, 1, 0))  # fmt: skip
-    axes[0].set_yticks([])
-    axes[0].set_ylabel("observation", fontsize=8)
-    cmap = colormaps["viridis"]
-    norm = Normalize(0.0, max(trace.max_span, 1.0))
-    timeline = np.arange(steps)
-    for layer in range(layers):
-        axis = axes[1 + layer]
-        axis.vlines(timeline, 0, spans[:, layer], colors=cmap(norm(spans[:, layer])),
-                    linewidth=max(0.5, min(4.0, 400 / steps)))  # fmt: skip
-        axis.set_ylim(0, trace.max_span * 1.02)
-        axis.set_ylabel(f"span, layer {layer}", fontsize=8)
-        axis.tick_params(labelsize=7)
-        axis.grid(alpha=0.2)
-    axes[-1].set_xlabel("step of the episode", fontsize=8)
-    axes[-1].set_xlim(-0.5, steps - 0.5)
-    figure.colorbar(ScalarMappable(norm, cmap), ax=list(axes[1:]), label="predicted span (steps)")
+    layers = spans.shape[1]
+    events = salient_events(np.asarray(trace.salient))
     outcome = "success" if trace.success else "no success"
-    figure.suptitle(f"{trace.title}: {outcome}, return {trace.episode_return:.2f}", fontsize=9)
+    has_frames = bool(trace.frames)
+    height = 1.0 + 2.2 * layers + (1.6 if has_frames else 0.0)
+    figure = Figure(figsize=(11, height), layout="constrained")
+    if has_frames:
+        top, bottom = figure.subfigures(2, 1, height_ratios=[1.6, 2.2 * layers])
+        _frame_row(top, trace, events, outcome)
+    else:
+        bottom = figure
+    axes = bottom.subplots(layers, 1, sharex=True, squeeze=False)[:, 0]
+    for layer, axis in enumerate(axes):
+        _span_axis(axis, spans[:, layer], trace, events, layer)
+    axes[-1].set_xlabel("step of the episode (the span of a step: how many steps its memory "
+                        "is kept)", fontsize=8)  # fmt: skip
+    summary = span_summary(spans, np.asarray(trace.salient), trace.salient_name)
+    figure.suptitle(f"{trace.title}: {outcome}, return {trace.episode_return:.2f}\n{summary}",
+                    fontsize=10)  # fmt: skip
     path = Path(path)
     figure.savefig(path, dpi=110)
     return path
 
 
 # -- command line ------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``error: ...``, exit status 2)."""
+@dataclass
+class PlotArgs:
+    """Plot runs' learning curves, memory and losses: `python -m agents.plot RUN_DIR ...`."""
 
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    run_dirs: Annotated[
+        tuple[str, ...],
+        tyro.conf.Positional,
+        tyro.conf.arg(metavar="RUN_DIR [RUN_DIR ...]", help_behavior_hint="(required)"),
+    ]
+    """Run directories made by train_rl.py; several are overlaid, one colour per run."""
+    output_dir: Annotated[
+        str | None,
+        tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: RUN_DIR/plots for one run, "
+                                                        "plots/ for several)"),
+    ] = None  # fmt: skip
+    """Where the PNGs go."""
+    labels: Annotated[
+        tuple[str, ...] | None,
+        tyro.conf.arg(metavar="LABEL [LABEL ...]",
+                      help_behavior_hint="(default: the directory's name and the policy)"),
+    ] = None  # fmt: skip
+    """Legend labels, one per run."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.plot RUN_DIR [RUN_DIR ...]``; returns the exit status."""
-    parser = _Parser(prog="python -m agents.plot", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
-    parser.add_argument("--output-dir", default=None,
-                        help="where the PNGs go (default: RUN_DIR/plots for one run, plots/ for "
-                             "several)")  # fmt: skip
-    parser.add_argument(
-        "--labels",
-        nargs="+",
-        default=None,
-        help="legend labels, one per run (default: directory and policy)",
-    )
-    args = parser.parse_args(argv)
+    args = parse_args(PlotArgs, argv, "python -m agents.plot", __doc__.splitlines()[0])
     try:
+        if not args.run_dirs:
+            raise PlotError("missing RUN_DIR (one or more run directories made by train_rl.py)")
         written = plot_run_dirs(args.run_dirs, args.output_dir, args.labels)
     except PlotError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -9,9 +9,15 @@ Layout (``runs/<env>-<policy>-<algo>-s<seed>-<YYYYmmdd-HHMMSS>/``)::
     eval.json, videos/, plots/   written by evaluation
 
 Nothing a run wrote is lost to a crash or a kill: files are written to a
-temporary name and renamed (atomic on POSIX), metrics are appended and
-flushed row by row, and a resumed run first cuts ``metrics.csv`` back to the
-checkpoint it resumes from.
+temporary name, synced and renamed (atomic on POSIX; the directory entry is
+synced too), metrics are appended and flushed row by row, and a resumed run
+first cuts ``metrics.csv`` back to the checkpoint it resumes from. A
+temporary file a kill left behind is removed when training starts again; a
+``latest.pt`` cut short falls back to the newest intact ``ckpt_*.pt``.
+
+Checkpoints are data, not code: they hold only tensors and plain containers
+and are loaded with ``torch.load(..., weights_only=True)``, so opening a run
+directory someone sent you never runs what its files hold.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import io
 import json
 import math
 import os
+import pickle
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +38,13 @@ import torch
 
 from agents.run_config import ConfigError, TrainConfig
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""The checkpoint format: 2 holds plain data only, with the state of the run's control rules
+(``stop_rule``, ``curriculum``); 1, the first, also held numpy's global random state. Version 1
+checkpoints are read and upgraded (`upgrade_v1`)."""
+
+TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
+"""Names of the temporary files of `atomic_write_bytes` (``.<name>.tmp<pid>``)."""
 
 # Column -> meaning. The one list of metric names: the CSV header, TensorBoard tags
 # and the README's table come from here.
@@ -79,19 +93,117 @@ def default_name(config: TrainConfig) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a synced temporary file and a rename, then sync the
+    directory entry; on failure (e.g. a full disk) the temporary file goes and ``path`` keeps
+    what it held."""
+    path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable (where the platform lets a directory be synced)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+class CorruptCheckpointError(RunDirError):
+    """A checkpoint file that cannot be read back (cut short, overwritten, not a checkpoint)."""
+
+
+def _numpy_array_globals() -> list[Any]:
+    """What unpickling numpy arrays needs (version 1 checkpoints held numpy's random state):
+    array reconstruction, no code."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals a checkpoint's pickle names beyond what ``weights_only`` loading allows
+    (read from the pickle's opcodes, nothing is executed)."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    return list(finder(path)) if finder is not None else []
+
+
+def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
+    """One checkpoint file as plain data (``weights_only`` loading: nothing in the file is
+    run); version 1 is upgraded to the current format."""
+    try:
+        payload = _load_plain(path, device)
+    except RunDirError:
+        raise
+    except Exception as error:  # a file cut short, overwritten, or not a torch file at all
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is corrupt: {type(error).__name__}") from None
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    if version == 1:
+        return upgrade_v1(payload)
+    if version != CHECKPOINT_VERSION:
+        raise RunDirError(
+            f"checkpoint {path} has format version {version!r}; this expire-rl reads versions "
+            f"1 and {CHECKPOINT_VERSION}"
+        )
+    return payload
+
+
+def _load_plain(path: Path, device: str) -> Any:
+    """``torch.load`` with ``weights_only``; numpy arrays (version 1's random state) are let
+    through, any other global is refused by name."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = _unsafe_globals(path)
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in _numpy_array_globals()}
+        foreign = [name for name in unsafe if name not in allowed]
+        if foreign:
+            raise RunDirError(
+                f"checkpoint {path} is not plain data (it names {', '.join(foreign)}): refused, "
+                "since loading it could run code it carries"
+            ) from None
+        if not unsafe:
+            raise
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location=device, weights_only=True)
+
+
+def upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 checkpoint in the current format: numpy's random state (which nothing drew
+    from) goes, the greedy check's last update becomes the stop rule's state, and the
+    curriculum's stage is left to be read from the envs' state (``curriculum`` None)."""
+    upgraded = {key: value for key, value in payload.items()
+                if key not in ("numpy_rng", "last_confirm")}  # fmt: skip
+    upgraded.update(
+        format_version=CHECKPOINT_VERSION,
+        stop_rule={"last_check": float(payload.get("last_confirm", -math.inf))},
+        curriculum=None,
+        stopped_at_targets=False,
+    )
+    return upgraded
 
 
 class RunDir:
@@ -163,15 +275,36 @@ class RunDir:
         return path
 
     def load_checkpoint(self, name: str | None = None, device: str = "cpu") -> dict[str, Any]:
-        """Load a checkpoint; a corrupt or foreign file is a RunDirError."""
+        """Load a checkpoint (``latest.pt`` by default) as plain data; a corrupt, foreign or
+        code-carrying file is a RunDirError. A corrupt ``latest.pt`` (a kill that cut a write
+        short on a file system without atomic renames) falls back, with a warning on stderr,
+        to the newest intact ``ckpt_*.pt``."""
         path = self.checkpoint_path(name)
         try:
-            payload = torch.load(path, map_location=device, weights_only=False)
-        except Exception as error:  # any unpickling failure means a corrupt file
-            raise RunDirError(f"checkpoint {path} is corrupt: {type(error).__name__}") from None
-        if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_VERSION:
-            raise RunDirError(f"{path} is not a checkpoint of this version of expire-rl")
-        return payload
+            return read_checkpoint(path, device)
+        except CorruptCheckpointError as error:
+            if name is not None:
+                raise
+            for older in sorted(self.checkpoints.glob("ckpt_*.pt"), reverse=True):
+                try:
+                    payload = read_checkpoint(older, device)
+                except CorruptCheckpointError:
+                    continue
+                print(f"warning: {error}; using {older.name} (step {payload['global_step']})",
+                      file=sys.stderr)  # fmt: skip
+                return payload
+            raise
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files a killed run left behind (call only where no other
+        process writes this run); the paths removed."""
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            for path in folder.glob(".*.tmp*") if folder.is_dir() else ():
+                if TEMPORARY.match(path.name):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
     # -- metrics ---------------------------------------------------------------
     def append_metrics(self, row: dict[str, float]) -> None:

@@ -86,7 +86,9 @@ class Trainer:
     """Everything of one run, built from its config; ``run()`` trains to the end."""
 
     def __init__(self, config: TrainConfig, run_dir: RunDir, resume: bool = False,
-                 progress: bool = True):  # fmt: skip
+                 progress: bool = True, checkpoint: dict[str, Any] | None = None):  # fmt: skip
+        """``resume``: go on from the run's latest checkpoint (``checkpoint``, if already
+        loaded)."""
         self.config, self.run_dir = config, run_dir
         self.reached_targets = False
         """Whether the last run stopped because an interval met the run's targets."""
@@ -112,7 +114,9 @@ class Trainer:
         self.steps_per_update = config.learner.num_envs * config.learner.num_steps
         self.global_step, self.wall_offset = 0, 0.0
         if resume:
-            self._restore(run_dir.load_checkpoint(device=str(self.device)))
+            if checkpoint is None:
+                checkpoint = run_dir.load_checkpoint(device=str(self.device))
+            self._restore(checkpoint)
         self._apply_stage_settings()  # the (restored) curriculum stage's
         self.progress_enabled = progress
 
@@ -144,7 +148,9 @@ class Trainer:
         self.wall_offset = payload["wall_time"]
         self.stop_rule.load_state_dict(payload["stop_rule"])
         if self.curriculum is not None:
-            self.curriculum.load_state_dict(payload["curriculum"])
+            # A version 1 checkpoint kept the stage only in the envs' state.
+            stage = payload["curriculum"] or {"stage": self.env.curriculum_stage}
+            self.curriculum.load_state_dict(stage)
         if is_main_process():
             self.run_dir.truncate_metrics(self.global_step)
 
@@ -214,7 +220,8 @@ class Trainer:
         """Whether greedy episodes of the full task meet the targets too (what `evaluate.py`
         measures, not the training interval's sampled, random-length episodes); each check is
         logged in ``target_checks.jsonl``."""
-        from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle, resolve_task
+        from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle
+        from agents.load_run import resolve_task
 
         run, update = self.config.run, self.learner.update_count
         episodes, seed = run.confirm_episodes, run.seed + update

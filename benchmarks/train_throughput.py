@@ -125,7 +125,7 @@ import envs  # noqa: F401  (registers ExpireRL/Corridor-v0)
 from agents.build import build_policy, make_env
 from agents.cli import USAGE_ERROR, flag_name, parse_args
 from agents.control import Curriculum
-from agents.evaluate import load_run
+from agents.load_run import load_run
 from agents.resolve import resolve
 from agents.run_config import ConfigError, TrainConfig
 from agents.run_dir import RunDir, RunDirError

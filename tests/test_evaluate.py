@@ -26,10 +26,10 @@ from agents.evaluate import (
     episode_targets,
     evaluate,
     evaluate_with_oracle,
-    load_run,
     task_score,
     wilson_interval,
 )
+from agents.load_run import load_run
 from agents.resolve import resolve
 from agents.train_args import TrainArgs
 from policies import make_policy
@@ -229,7 +229,8 @@ def test_load_run_rebuilds_the_trained_policy(tiny_run):
 def corrupt_copy(run: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "corrupt"
     shutil.copytree(run, copy)
-    (copy / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    for checkpoint in (copy / "checkpoints").glob("*.pt"):  # no intact one to fall back to
+        checkpoint.write_bytes(b"not a checkpoint")
     return copy
 
 

@@ -8,7 +8,7 @@ import torch
 
 import envs
 import train_rl
-from agents.evaluate import load_run
+from agents.load_run import load_run
 from agents.resolve import resolve
 from agents.rollout import Collector
 from agents.train_args import TrainArgs

@@ -1,5 +1,6 @@
-"""Plots: a tiny run's PNGs are written and not blank, runs overlay, the span picture draws,
-and bad input is one clean line."""
+"""Plots: a tiny run's PNGs are written and not blank, runs overlay, the span picture draws
+and its caption sets the cue's span against the other steps', and bad input is one clean
+line."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 from test_evaluate import ROOT, train_tiny_run
 
-from agents.plot import main, plot_span_episode
+from agents.plot import main, plot_span_episode, salient_events, span_summary
 from agents.video import EpisodeTrace
 
 
@@ -49,18 +50,42 @@ def test_runs_overlay_into_one_set_of_plots(runs, tmp_path):
         assert_png_picture(path)
 
 
-def test_span_picture_of_one_episode(tmp_path):
-    steps, view = 60, 3
-    images = np.zeros((steps, view, view, 3), dtype=np.uint8)
-    images[..., 0] = 1  # empty floor
-    images[:3, 0, 0] = (6, 0, 0)  # a red ball (the cue) in view for three steps
-    spans = np.full((steps, 2), 5.0)
-    spans[:3] = 90.0  # the cue is kept long, the rest briefly
+def corridor_trace(steps: int = 60, layers: int = 2) -> EpisodeTrace:
+    """An episode whose red cue (steps 0 and 1) is kept for 90 steps, every other step 5."""
+    spans = np.full((steps, layers), 5.0)
+    spans[0] = 90.0
+    spans[1, 0] = 4.0  # the cue's second step: the first one already holds it
     salient = np.full((steps, 3), -1, dtype=np.int16)
-    salient[:3] = (255, 0, 0)
-    trace = EpisodeTrace(images, spans, salient, max_span=100.0, success=True,
-                         episode_return=1.0, title="corridor")  # fmt: skip
-    assert_png_picture(plot_span_episode(trace, tmp_path / "span.png"))
+    salient[:2] = (255, 0, 0)
+    frames = {0: np.full((20, 40, 3), 80, np.uint8), steps - 1: np.zeros((20, 40, 3), np.uint8)}
+    return EpisodeTrace(spans, salient, max_span=100.0, success=True, episode_return=1.0,
+                        title="corridor", salient_name="cue", frames=frames)  # fmt: skip
+
+
+def test_span_picture_of_one_episode(tmp_path):
+    for layers in (1, 3):
+        trace = corridor_trace(layers=layers)
+        assert_png_picture(plot_span_episode(trace, tmp_path / f"span{layers}.png"))
+    trace.frames = {}  # without frames: just the spans
+    assert_png_picture(plot_span_episode(trace, tmp_path / "no-frames.png"))
+
+
+def test_span_caption_sets_the_cue_against_the_other_steps():
+    trace = corridor_trace(layers=1)
+    assert span_summary(trace.spans, trace.salient, "cue") == (
+        "cue (step 0): span 90; other steps: median 5")
+    assert span_summary(corridor_trace(layers=2).spans, trace.salient, "cue").endswith(
+        "other steps: median 5 (longest over the 2 layers)")
+    # Instructions shown three times (two of one colour, one after the other, are two events).
+    salient = np.full((30, 3), -1, dtype=np.int16)
+    salient[[3, 10, 11]] = (0, 0, 255)
+    salient[12] = (255, 0, 0)
+    assert [event.tolist() for event in salient_events(salient)] == [[3], [10, 11], [12]]
+    spans = np.full((30, 1), 2.0)
+    spans[[3, 10, 11, 12], 0] = [40.0, 7.0, 60.0, 20.0]
+    assert span_summary(spans, salient, "instruction") == (
+        "instruction (3 times): median span 40, longest 60 (step 11); other steps: median 2")
+    assert span_summary(spans, np.full((30, 3), -1), "cue") == "span: median 2 over 30 steps"
 
 
 @pytest.mark.parametrize(
@@ -70,7 +95,8 @@ def test_span_picture_of_one_episode(tmp_path):
         (["{plain}"], "not a run directory"),
         (["{empty}"], "has no metrics yet"),
         (["{run}", "--labels", "a", "b"], "2 labels for 1 runs"),
-        ([], "the following arguments are required: RUN_DIR"),
+        ([], "missing RUN_DIR"),
+        (["{run}", "--bogus"], "--bogus"),
     ],
 )
 def test_bad_input_is_one_line_error_and_exit_2(argv, expected, runs, tmp_path, capsys):

@@ -233,7 +233,8 @@ def test_resume_refuses_corrupt_checkpoints_and_mismatched_flags(tmp_path, capsy
     # The flags a resume may change are checked as for a new run.
     assert train_rl.main(["--resume", str(run_dir), "--threads", "0"], progress=False) == 2
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
-    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    for checkpoint in (run_dir / "checkpoints").glob("*.pt"):
+        checkpoint.write_bytes(b"not a checkpoint")
     assert train_rl.main(["--resume", str(run_dir)], progress=False) == 2
     assert "is corrupt" in capsys.readouterr().err
     assert train_rl.main(["--resume", str(tmp_path)], progress=False) == 2
