@@ -94,6 +94,8 @@ def check_args(args: EvalArgs) -> None:
          "--episodes 0 with no --video: nothing to do (give --episodes N or --video K)"),
         (not (args.gif or args.frame_skip) or args.video > 0,
          "--gif and --frame-skip apply to videos: add --video K"),
+        (args.output is None or not Path(args.output).is_dir(),
+         f"--output {args.output} is a directory; give the path of the eval.json to write"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:

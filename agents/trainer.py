@@ -22,7 +22,7 @@ from agents.learner import Learner
 from agents.ppo import PPO
 from agents.rollout import Collector
 from agents.run_config import TrainConfig
-from agents.run_dir import TENSORBOARD_PREFIX, RunDir, is_main_process
+from agents.run_dir import TENSORBOARD_PREFIX, RunDir, RunDirError, is_main_process
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "impala": IMPALA}
 
@@ -138,9 +138,20 @@ class Trainer:
         }
 
     def _restore(self, payload: dict[str, Any]) -> None:
-        self.policy.load_state_dict(payload["policy"])
-        self.learner.load_state_dict(payload["learner"])
-        self.collector.load_state_dict(payload["collector"])
+        """Go on from a checkpoint; one that does not fit this run (another policy, another
+        env) is a RunDirError naming the part that does not fit."""
+        parts = (("policy", self.policy), ("learner", self.learner),
+                 ("collector", self.collector))  # fmt: skip
+        for name, part in parts:
+            try:
+                part.load_state_dict(payload[name])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+                text = str(error).strip().splitlines()
+                raise RunDirError(
+                    f"the checkpoint of {self.run_dir.path} does not fit the run's {name} "
+                    f"({self.config.policy} on {self.config.env}): "
+                    f"{text[0] if text else type(error).__name__}"
+                ) from None
         torch.set_rng_state(payload["torch_rng"])
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(payload["cuda_rng"])

@@ -140,9 +140,17 @@ def check_view_size(view_size: Any) -> int:
     return view_size
 
 
+CELL_HIGH = np.array([max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()),
+                      max(max(STATE_TO_IDX.values()), len(DIR_TO_VEC) - 1)], dtype=np.uint8)
+"""The largest (object, colour, state) of a cell; the state channel of the agent's own cell
+holds its heading, 0..3."""
+
+
 def image_space(view_size: int) -> gym.spaces.Box:
-    """The observation space of one agent-centred ``V x V x 3`` minigrid window."""
-    return gym.spaces.Box(0, 255, (view_size, view_size, 3), dtype=np.uint8)
+    """The observation space of one agent-centred ``V x V x 3`` minigrid window: cell codes,
+    bounded by `CELL_HIGH` (not pixels, and not mistaken for them by image-checking tools)."""
+    high = np.broadcast_to(CELL_HIGH, (view_size, view_size, 3))
+    return gym.spaces.Box(np.zeros_like(high), high, dtype=np.uint8)
 
 
 def window_coords(x: Tensor, y: Tensor, view_size: int) -> tuple[Tensor, Tensor]:

@@ -168,6 +168,37 @@ class ReferenceEnv(MiniGridEnv, abc.ABC):
         image[half, half] = (AGENT, RED, self.agent_dir)
         return {"image": image, **self._extra_obs()}
 
+    def render(self) -> np.ndarray | None:
+        """The frame (``rgb_array``), or draw it in a window with the task's caption under it
+        (``human``)."""
+        if self.render_mode != "human":
+            return super().render()
+        import pygame
+        import pygame.freetype
+
+        frame = np.transpose(self.get_frame(self.highlight, self.tile_size), (1, 0, 2))
+        text = self.caption() or self.mission
+        font_size = 18
+        if self.window is None:
+            pygame.freetype.init()
+            pygame.display.init()
+            pygame.display.set_caption(type(self).__name__)
+            self.clock = pygame.time.Clock()
+            # pygame's own bundled font: minigrid's SysFont lookup of it warns on every
+            # machine that lacks it among the system fonts.
+            self._font = pygame.freetype.Font(None, font_size)
+        width, height = frame.shape[0], frame.shape[1] + 2 * font_size
+        if self.window is None or self.window.get_size() != (width, height):
+            self.window = pygame.display.set_mode((width, height))
+        self.window.fill((255, 255, 255))
+        self.window.blit(pygame.surfarray.make_surface(frame), (0, 0))
+        self._font.render_to(self.window, (8, frame.shape[1] + font_size // 2), text,
+                             fgcolor=(0, 0, 0))  # fmt: skip
+        pygame.event.pump()
+        self.clock.tick(self.metadata["render_fps"])
+        pygame.display.flip()
+        return None
+
     def get_frame(
         self, highlight: bool = True, tile_size: int = TILE_PIXELS, agent_pov: bool = False
     ) -> np.ndarray:

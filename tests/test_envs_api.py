@@ -1,10 +1,13 @@
 """The tasks' API: gymnasium/sb3 checks, seeding, validation, rendering, vector env."""
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from gymnasium.wrappers import FlattenObservation
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
@@ -13,9 +16,17 @@ IDS = [env_id for _, _, env_id in envs.TASKS.values()]
 
 
 @pytest.mark.parametrize("env_id", IDS)
-def test_gymnasium_and_sb3_env_checkers_pass(env_id):
-    gym_check_env(gym.make(env_id, render_mode="rgb_array").unwrapped, skip_render_check=False)
-    sb3_check_env(gym.make(env_id), warn=True)
+def test_gymnasium_and_sb3_env_checkers_pass_with_warnings_as_errors(env_id, monkeypatch):
+    """Gymnasium's checker on the env itself, every render mode included (a window on SDL's
+    dummy display); SB3's on the env as SB3's policies take it, flattened (its CNN needs
+    images of 36 x 36 pixels or more, and a minigrid window is a few cells)."""
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env = gym.make(env_id, render_mode="rgb_array")
+        gym_check_env(env.unwrapped, skip_render_check=False)
+        sb3_check_env(FlattenObservation(gym.make(env_id)), warn=True)
 
 
 @pytest.mark.parametrize("env_id", IDS)
