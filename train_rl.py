@@ -90,17 +90,23 @@ def main(argv: list[str] | None = None, progress: bool = True) -> int:
         if args.resume is not None:
             run_dir = RunDir.open(args.resume)
             stored = run_dir.config()
-            # Fail early on a missing or corrupt checkpoint.
-            checkpoint = run_dir.load_checkpoint(device=stored.run.device)
-            config = resolve_resume(args, given_flags(argv), stored, checkpoint["global_step"])
-            finished = finished_note(run_dir, config, stored, checkpoint)
+            # A run killed before its first checkpoint has nothing to lose: it starts over.
+            fresh = not run_dir.has_checkpoints()
+            # Fail early on a corrupt checkpoint.
+            checkpoint = None if fresh else run_dir.load_checkpoint(device=stored.run.device)
+            step = checkpoint["global_step"] if checkpoint else 0
+            config = resolve_resume(args, given_flags(argv), stored, step)
+            finished = finished_note(run_dir, config, stored, checkpoint) if checkpoint else ""
             if finished:
                 print(finished)
                 return 0
             if config != stored:
                 run_dir.write_config(config)
             run_dir.remove_temporaries()
-            resume = True
+            if fresh:
+                print(f"note: {run_dir.path} has no checkpoint yet; training it from the start")
+                run_dir.truncate_metrics(0)
+            resume = not fresh
         else:
             config = resolve(args)
             path = Path(args.run_dir) if args.run_dir else Path("runs") / default_name(config)

@@ -295,6 +295,11 @@ class RunDir:
                 return payload
             raise
 
+    def has_checkpoints(self) -> bool:
+        """Whether the run has written a checkpoint (complete: checkpoints are written
+        atomically)."""
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("*.pt"))
+
     def remove_temporaries(self) -> list[Path]:
         """Delete the temporary files a killed run left behind (call only where no other
         process writes this run); the paths removed."""

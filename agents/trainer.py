@@ -180,7 +180,9 @@ class Trainer:
         config, learner = self.config, self.learner
         writer = None
         if is_main_process():
-            writer = SummaryWriter(str(self.run_dir.path), purge_step=self.global_step or None)
+            # TensorBoard drops what an interrupted attempt logged after the checkpoint (the row at
+            # the checkpoint's own step stays, as in metrics.csv).
+            writer = SummaryWriter(str(self.run_dir.path), purge_step=self.global_step + 1)
         progress = Progress(config.learner.total_steps, self.global_step, self.progress_enabled)
         start = time.perf_counter()
         interval_start, interval_steps = start, 0

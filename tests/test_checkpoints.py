@@ -147,3 +147,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     with pytest.raises(OSError):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(tmp_path, capsys):
+    run_dir, reference = tmp_path / "run", tmp_path / "reference"
+    train(reference, "--total-steps", "512")
+    train(run_dir, "--total-steps", "512")
+    shutil.rmtree(run_dir / "checkpoints")  # as if killed before the first was written
+    rows = (run_dir / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert train_rl.main(["--resume", str(run_dir)], progress=False) == 0
+    assert "has no checkpoint yet; training it from the start" in capsys.readouterr().out
+    assert weights_hash(run_dir) == weights_hash(reference)
+    assert (run_dir / "metrics.csv").read_text().count("\n") == rows.count("\n")
