@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import envs
+from envs.core import image_space
 from envs.last_step import LastStepEnv
 from policies import ObservationEncoder, make_policy
 from policies.encoder import SINGLE_KEY, flatten_observation, flatten_space
@@ -18,7 +19,7 @@ T, B = 3, 2
 SIZES = {"d_model": 8, "hidden": 16, "cell_embed_dim": 4, "token_embed_dim": 4}
 
 CORRIDOR_SPACE = gym.spaces.Dict({
-    "image": gym.spaces.Box(0, 255, (3, 3, 3), np.uint8),
+    "image": image_space(3),  # minigrid cell codes, bounded by the largest code per channel
     "last_action": gym.spaces.Discrete(4),
     "last_reward": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
 })  # fmt: skip
