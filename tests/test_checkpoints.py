@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,14 +24,6 @@ TINY = ["--env", "corridor", "--length", "4", "--num-envs", "8", "--num-steps", 
 
 def train(run_dir: Path, *extra: str) -> None:
     assert train_rl.main([*TINY, "--run-dir", str(run_dir), *extra], progress=False) == 0
-
-
-def weights_hash(run_dir: Path) -> str:
-    policy = RunDir.open(run_dir).load_checkpoint()["policy"]
-    digest = hashlib.sha256()
-    for key in sorted(policy):
-        digest.update(policy[key].contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class RunsCode:
@@ -67,7 +58,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_a_version_1_checkpoint_loads_and_resumes_exactly(tmp_path):
+def test_a_version_1_checkpoint_loads_and_resumes_exactly(tmp_path, weights_hash):
     """The fixture is a run of the first checkpoint format, cut at step 512 of 1024; the hash is
     that of its weights at step 1024 in the uninterrupted run of that version."""
     run_dir = tmp_path / "run_v1"
@@ -94,7 +85,9 @@ def test_a_checkpoint_of_an_unknown_version_is_refused_naming_both(tmp_path):
             in result.stderr)  # fmt: skip
 
 
-def test_a_truncated_latest_checkpoint_falls_back_and_the_run_goes_on(tmp_path, capsys):
+def test_a_truncated_latest_checkpoint_falls_back_and_the_run_goes_on(
+    tmp_path, capsys, weights_hash
+):
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     train(reference, "--total-steps", "768")
     train(run_dir, "--total-steps", "768")
@@ -149,7 +142,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(tmp_path, capsys):
+def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(
+    tmp_path, capsys, weights_hash
+):
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     train(reference, "--total-steps", "512")
     train(run_dir, "--total-steps", "512")

@@ -4,7 +4,6 @@ the run that was never interrupted (slow: `pytest -m slow tests/test_faults.py`)
 from __future__ import annotations
 
 import csv
-import hashlib
 import random
 import signal
 import subprocess
@@ -13,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from agents.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 10
@@ -38,14 +35,6 @@ def metric_steps(run_dir: Path) -> list[int]:
         return [int(row["global_step"]) for row in csv.DictReader(handle)]
 
 
-def weights_hash(run_dir: Path) -> str:
-    policy = RunDir.open(run_dir).load_checkpoint()["policy"]
-    digest = hashlib.sha256()
-    for key in sorted(policy):
-        digest.update(policy[key].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
     """The steps of a scalar as TensorBoard shows it (a resumed writer's purge applied)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -56,7 +45,7 @@ def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_ten_sigkills_at_random_moments_leave_the_uninterrupted_run(tmp_path):
+def test_ten_sigkills_at_random_moments_leave_the_uninterrupted_run(tmp_path, weights_hash):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(command(*RUN, "--run-dir", str(reference)), cwd=ROOT, check=True,
                    capture_output=True, timeout=600)  # fmt: skip
