@@ -69,6 +69,8 @@ METRIC_COLUMNS: dict[str, str] = {
     "mem_alive_mean": "memories alive per env after the rollout (mean over envs and layers)",
     "mem_alive_max": "largest alive count of any env and layer",
     "span_mean": "mean predicted span of new memories in the last rollout step",
+    "rss_mb": "resident memory of the training process at the end of the interval, in MiB "
+    "(empty where the platform does not say)",
     "task_longest": "the curriculum's stage in the interval: the longest corridor drawn (below "
     "the full length while a length curriculum runs), or the Instruction room's size (empty "
     "for the other tasks)",
@@ -77,7 +79,7 @@ TENSORBOARD_PREFIX = {
     "sps": "charts", "episodes": "charts", "success_rate": "charts", "episode_return": "charts",
     "episode_length": "charts", "learning_rate": "charts", "ent_coef": "charts",
     "mem_alive_mean": "memory", "mem_alive_max": "memory", "span_mean": "memory",
-    "task_longest": "charts",
+    "task_longest": "charts", "rss_mb": "charts",
 }  # fmt: skip
 
 

@@ -9,6 +9,7 @@ state and the policy's memory.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -37,6 +38,16 @@ def _memory_stats(collector: Collector) -> dict[str, float]:
         "mem_alive_max": alive.max().item(),
         "span_mean": span.float().mean().item() if span.numel() else math.nan,
     }
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MiB (Linux's /proc; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class Progress:
@@ -209,6 +220,7 @@ class Trainer:
                         **{key: value.item() for key, value in metrics.items()},
                         **_memory_stats(self.collector),
                         "task_longest": self._stage(),
+                        "rss_mb": resident_mb(),
                     }
                     interval_start, interval_steps = now, 0
                     self._log(row, writer)

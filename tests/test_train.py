@@ -19,7 +19,7 @@ from agents.trainer import Trainer
 TINY = ["--env", "corridor", "--length", "4", "--num-envs", "8", "--num-steps", "16",
         "--num-minibatches", "2", "--update-epochs", "2", "--log-interval", "1",
         "--threads", "1"]  # fmt: skip
-TIMING = ("wall_time", "sps")
+TIMING = ("wall_time", "sps", "rss_mb")  # measurements of the machine, not of the run
 
 
 def train(tmp_path: Path, *extra: str, name: str = "run") -> Path:
