@@ -31,6 +31,9 @@ INSTRUCTION_ORACLE_SHARE = 0.93
 """The Instruction preset's --target-oracle-share: 90 % of the oracle, plus a margin for the
 noise of 100 greedy episodes (docs/experiments.md#instruction)."""
 
+EXTERNAL_MAX_SPAN = 4096
+"""L_max for a gymnasium task that declares no time limit."""
+
 INSTRUCTION_CURRICULUM_FROM = 5
 """Instruction rooms at least this large train with the preset's room curriculum (from 3)."""
 
@@ -49,9 +52,12 @@ def corridor_min_length(length: int, view_size: int) -> int:
 
 
 def preset(
-    env: str, task_kwargs: dict[str, Any], policy: str, algo: str = "ppo"
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Tuned defaults for a task, core and learner: (learner settings, policy settings)."""
+    env: str, task_kwargs: dict[str, Any], policy: str, algo: str = "ppo",
+    time_limit: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Tuned defaults for a task, core and learner: (learner settings, policy settings).
+    ``time_limit``: the episode limit a gymnasium task declares (None: none, or one of the
+    suite's tasks)."""
     learner: dict[str, Any] = {}
     policy_kwargs: dict[str, Any] = {}
     if env == "corridor":
@@ -79,7 +85,10 @@ def preset(
         policy_kwargs.update(max_span=256, egocentric=True)
     else:
         learner.update(total_steps=5_000_000)
-        policy_kwargs.update(max_span=512)
+        # An Expire-Span keeps nothing longer than L_max + R: L_max covers a whole episode where
+        # the task declares its length, else thousands of steps (cost follows the memories
+        # alive, not L_max).
+        policy_kwargs.update(max_span=time_limit or EXTERNAL_MAX_SPAN)
     if policy != "expire_span":
         policy_kwargs.pop("max_span", None)
         policy_kwargs.pop("ramp_length", None)

@@ -18,6 +18,7 @@ from agents.cli import flag_name, resolve_device, task_parameters
 from agents.presets import CONFIRM_EPISODES, Targets, corridor_min_length, preset, preset_targets
 from agents.run_config import ConfigError, LearnerConfig, RunConfig, TrainConfig
 from agents.train_args import POLICY_FLAGS, TrainArgs
+from envs.gym_adapter import time_limit
 from policies.config import CONFIG_CLASSES, POLICY_KINDS
 
 
@@ -211,7 +212,8 @@ def oracle_share_confirm(share: float | None, confirm: int | None, env: str) -> 
 def resolve(args: TrainArgs) -> TrainConfig:
     """The complete config of a new run from the command line (raises ConfigError)."""
     env_name, env_kwargs = resolve_env(args)
-    preset_learner, preset_policy = preset(env_name, env_kwargs, args.policy, args.algo)
+    limit = None if env_name in envs.TASKS else time_limit(env_name)
+    preset_learner, preset_policy = preset(env_name, env_kwargs, args.policy, args.algo, limit)
     policy_kwargs = resolve_policy(args, env_name, preset_policy)
     learner = resolve_learner(args, preset_learner)
     if learner.curriculum_start is not None:

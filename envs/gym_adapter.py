@@ -372,3 +372,13 @@ class GymBatchedEnv:
 
     def __repr__(self) -> str:
         return f"GymBatchedEnv({self.name!r}, num_envs={self.num_envs}, device={self.device})"
+
+
+def time_limit(env_id: str) -> int | None:
+    """The episode time limit a gymnasium env declares (``spec.max_episode_steps``, else
+    minigrid's ``max_steps``), or None."""
+    env = GymBatchedEnv(env_id, 1)
+    try:
+        return env.max_steps
+    finally:
+        env.close()

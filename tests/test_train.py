@@ -511,3 +511,17 @@ def test_presets_for_few_corridor_memories_and_the_instruction_room_curriculum()
     assert resolve(TrainArgs(env="instruction", size=4)).learner.curriculum_start is None
     egocentric = resolve(TrainArgs(env="instruction", egocentric=False)).policy_kwargs["egocentric"]
     assert egocentric is False
+
+
+def test_an_expire_span_on_a_gymnasium_task_can_keep_a_memory_for_a_whole_episode(monkeypatch):
+    from agents.presets import EXTERNAL_MAX_SPAN
+    from agents.resolve import resolve
+    from agents.train_args import TrainArgs
+
+    # MiniGrid's memory task declares its time limit (max_steps 5 x 13², 845 steps).
+    assert resolve(TrainArgs(env="MiniGrid-MemoryS13Random-v0")).policy_kwargs["max_span"] == 845
+    assert resolve(TrainArgs(env="CartPole-v1")).policy_kwargs["max_span"] == 500
+    # A task that declares none (the test package's tasks) gets thousands of steps.
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    args = TrainArgs(env="tiny_gym_tasks:CueDiscrete-v0")
+    assert resolve(args).policy_kwargs["max_span"] == EXTERNAL_MAX_SPAN == 4096
