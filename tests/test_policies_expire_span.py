@@ -171,6 +171,20 @@ def test_task_gradient_reaches_exactly_the_memories_on_the_ramp() -> None:
     assert policy.core.span_predictors[0].linear.weight.grad.abs().sum() > 0
 
 
+def test_an_undetached_span_input_lets_the_span_loss_move_the_representation() -> None:
+    """``detach_span_input=False`` is the paper's predictor (it reads h_i itself): there the
+    span loss reaches the encoder too; the default keeps it on the predictors alone."""
+    generator = torch.Generator().manual_seed(26)
+    obs, starts = random_obs(12, 3, generator), random_starts(12, 3, generator)
+    for detach in (True, False):
+        policy = build("expire_span", max_span=50, detach_span_input=detach)
+        output, _ = policy(obs, policy.initial_state(3), starts)
+        output.aux_loss.backward()
+        encoder_grad = sum(p.grad.abs().sum() for p in policy.encoder.parameters()
+                           if p.grad is not None)  # fmt: skip
+        assert bool(encoder_grad > 0) is (not detach)
+
+
 def test_span_loss_pushes_spans_down_and_is_normalised() -> None:
     policy = build("expire_span", num_layers=2, max_span=50)
     generator = torch.Generator().manual_seed(25)
