@@ -10,13 +10,14 @@ allowed, and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import io
 import re
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import tyro
 
@@ -94,6 +95,15 @@ def parse_args(cls: type[T], argv: Sequence[str] | None, prog: str, description:
             raise
         print(f"error: {one_line_tyro_error(captured.getvalue())}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the tools' one-line errors (``error: ...``, exit status 2), for the
+    scripts whose command line is subcommands and lists rather than one dataclass."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
 
 
 def resolve_device(device: str) -> str:

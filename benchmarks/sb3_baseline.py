@@ -29,6 +29,11 @@ gets:
   the oracle's score comes from the batched env's scripted oracle on as many
   episodes of the same settings. It is written last: a run directory with a
   ``summary.json`` is finished.
+
+It stays one file (about 450 lines): its parts (the env as sb3 sees it, training
+with its curve and checkpoints, the greedy evaluation, the command line) serve
+this one run and read in the order the run goes; the files above are what
+``results_run.py`` reads.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -54,7 +59,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs  # registers the suite's gymnasium ids
-from agents.cli import task_parameters
+from agents.cli import ArgumentParser, flag_name, task_parameters
 from agents.evaluate import OracleAgent, evaluate, score_name, task_score
 from agents.run_dir import atomic_write_bytes
 
@@ -115,7 +120,8 @@ def suite_task(env_id: str) -> str | None:
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
-    """``gym.make(env_id, **env_kwargs)`` with its flattenable observation fields flattened."""
+    """``gym.make(env_id, **env_kwargs)`` with its flattenable observation fields flattened
+    (also the corridors of ``train_throughput_sb3.py``)."""
     env = gym.make(env_id, **env_kwargs)
     space = env.observation_space
     if isinstance(space, gym.spaces.Dict):
@@ -138,6 +144,7 @@ def episode_success(info: dict[str, Any], episode_return: float) -> bool:
 
 # -- training --------------------------------------------------------------------------------
 def read_curve(path: Path) -> list[dict[str, str]]:
+    """The rows of ``curve.csv`` (none if it does not exist)."""
     if not path.exists():
         return []
     with open(path, newline="") as handle:
@@ -145,6 +152,7 @@ def read_curve(path: Path) -> list[dict[str, str]]:
 
 
 def write_curve(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace ``curve.csv`` with ``rows`` in one atomic write."""
     lines = [",".join(CURVE_COLUMNS)]
     lines += [",".join(str(row[column]) for column in CURVE_COLUMNS) for row in rows]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
@@ -301,19 +309,12 @@ def oracle_score(task: str, env_kwargs: dict[str, Any], episodes: int, num_envs:
 
 
 # -- command line ----------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``error: ...``, exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 TASK_PARAMETERS = sorted({name for names in task_parameters().values() for name in names})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python benchmarks/sb3_baseline.py",
+    """The baseline's flags, the suite's task settings among them."""
+    parser = ArgumentParser(prog="python benchmarks/sb3_baseline.py",
                      description=__doc__.splitlines()[0])  # fmt: skip
     parser.add_argument("--env", required=True,
                         help="gymnasium id: ExpireRL/Corridor-v0, ExpireRL/Portal-v0, "
@@ -340,18 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads for torch (default: torch's choice)")
     task = parser.add_argument_group("task settings (the suite's tasks; default: the task's)")
     for name in TASK_PARAMETERS:
-        task.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
+        task.add_argument(flag_name(name), dest=name, type=int, default=None)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> dict[str, Any]:
     """Validate the flags; returns the env's keyword arguments (raises UsageError)."""
-    for name in ("total_steps", "checkpoint_interval", "episodes", "num_envs"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("threads", "train_envs"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    counts = ("total_steps", "checkpoint_interval", "episodes", "num_envs", "threads",
+              "train_envs")  # fmt: skip
+    for name in counts:
+        value = getattr(args, name)
+        if value is not None and value < 1:  # None: the default of an optional count
+            raise UsageError(f"{flag_name(name)} must be >= 1, got {value}")
     if args.env not in gym.registry:
         raise UsageError(f"--env {args.env!r} is not a registered gymnasium id")
     given = {name: getattr(args, name) for name in TASK_PARAMETERS
@@ -361,8 +362,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     for name in given:
         if name not in allowed:
             where = f"{task}'s: {', '.join(allowed)}" if task else "none for this id"
-            raise UsageError(f"--{name.replace('_', '-')} is not a parameter of {args.env} "
-                             f"({where})")  # fmt: skip
+            raise UsageError(f"{flag_name(name)} is not a parameter of {args.env} ({where})")
     run_dir = Path(args.run_dir)
     if args.resume and not (run_dir / "checkpoint.zip").is_file():
         raise UsageError(f"--resume {run_dir}: no checkpoint.zip to resume from")

@@ -1,7 +1,7 @@
 """The benchmark scripts: their JSON lines, their flags and their set-ups (timings are not
 asserted)."""
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -19,11 +19,12 @@ SHARE_KEYS = {"env_step", "policy_forward", "update", "other"}
 
 
 def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """A module of benchmarks/, imported as its scripts import each other: by name, with
+    their folder on sys.path (as when they run)."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def run_main(name: str, argv: list[str]) -> int:
@@ -98,7 +99,7 @@ def test_memory_cores_keeps_at_least_the_ramp_alive_at_small_contexts(capsys):
 
 
 def test_from_run_times_the_trained_weights_and_rejects_another_task(tmp_path):
-    benchmark = load_benchmark("train_throughput")
+    benchmark = load_benchmark("train_throughput_ours")
     run_dir = tmp_path / "run"
     assert train_rl.main(["--env", "corridor", "--length", "6", "--num-envs", "8",
                           "--num-steps", "16", "--total-steps", "256", "--threads", "1",
@@ -121,9 +122,10 @@ def test_from_run_times_the_trained_weights_and_rejects_another_task(tmp_path):
 def test_equal_work_sb3_policy_computes_what_ours_does():
     """RecurrentPPO as --equal-work builds it acts and values as our LSTM policy from the same
     seed, step by step through episode starts: the same network, the same weights."""
-    benchmark = load_benchmark("train_throughput")
-    config = benchmark.benchmark_config(3, num_envs=4, threads=1, policy="lstm")
-    model = benchmark.sb3_equal_work_model(config, 4, seconds=1.0)
+    ours_side = load_benchmark("train_throughput_ours")
+    sb3_side = load_benchmark("train_throughput_sb3")
+    config = ours_side.benchmark_config(3, num_envs=4, threads=1, policy="lstm")
+    model = sb3_side.sb3_equal_work_model(config, 4, seconds=1.0)
     torch.manual_seed(config.run.seed)
     ours = build_policy(config, make_env(config, num_envs=1, device="cpu"), "cpu")
     env = envs.make_batched("corridor", 4, seed=0, length=3)
@@ -152,9 +154,9 @@ def test_equal_work_sb3_policy_computes_what_ours_does():
     assert model.n_steps == config.learner.num_steps and model.n_epochs == 4
     # With the preset's entropy schedule (corridors of 20 cells or more), ours' coefficient at
     # the full length.
-    long = benchmark.benchmark_config(100, num_envs=4, threads=1, policy="lstm")
+    long = ours_side.benchmark_config(100, num_envs=4, threads=1, policy="lstm")
     assert long.learner.ent_coef != long.learner.ent_coef_final
-    entropy = benchmark.sb3_equal_work_model(long, 4, seconds=1.0).ent_coef
+    entropy = sb3_side.sb3_equal_work_model(long, 4, seconds=1.0).ent_coef
     assert entropy == long.learner.ent_coef_final
     assert model.batch_size == 4 * config.learner.num_steps // config.learner.num_minibatches
 

@@ -4,7 +4,7 @@ Every cells.jsonl written here is test data in tmp_path, made by `fake_record`; 
 one real cell is a tiny corridor run.
 """
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -21,23 +21,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """A module of benchmarks/, imported as its scripts import each other: by name, with
+    their folder on sys.path (as when they run)."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 results = load("results")
+results_grid = load("results_grid")
+results_run = load("results_run")
+results_page = load("results_page")
 sb3_baseline = load("sb3_baseline")
 
-TASK = {task.label: task for task in results.TASKS}
-CORE = {core.key: core for core in results.CORES}
+TASK = {task.label: task for task in results_grid.TASKS}
+CORE = {core.key: core for core in results_grid.CORES}
 
 
 def fake_record(task, core, seed, success, steps, wall, alive=None, memory_size=None):
-    """A cells.jsonl line shaped as `results.make_record` writes it (test data)."""
-    cell = results.Cell(task, core, seed)
+    """A cells.jsonl line shaped as `results_run.make_record` writes it (test data)."""
+    cell = results_grid.Cell(task, core, seed)
     return {
         "cell": cell.id, "task": task.env, **task.settings, "core": core.name,
         "variant": core.variant, "algo": core.algo, "seed": seed, "memory_size": memory_size,
@@ -71,7 +75,7 @@ def write_records(path, records):
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
-def report(tmp_path, tasks=results.TASKS, cores=results.CORES):
+def report(tmp_path, tasks=results_grid.TASKS, cores=results_grid.CORES):
     cells, page = tmp_path / "results" / "cells.jsonl", tmp_path / "results.md"
     assert results.main(["report", "--results", str(cells), "--page", str(page)],
                         tasks, cores) == 0  # fmt: skip
@@ -80,11 +84,11 @@ def report(tmp_path, tasks=results.TASKS, cores=results.CORES):
 
 def test_t_interval_matches_hand_computation():
     # [1, 2, 3, 4]: mean 2.5, sd 1.29099, t(3) = 3.1824 -> half-width 2.05422.
-    mean, low, high = results.mean_ci([1.0, 2.0, 3.0, 4.0])
+    mean, low, high = results_page.mean_ci([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5
     assert low == pytest.approx(0.44578, abs=1e-4) and high == pytest.approx(4.55422, abs=1e-4)
-    assert results.mean_ci([0.7]) == (0.7, None, None)
-    assert results.t_quantile_95(40) == pytest.approx(2.02108, abs=2e-4)
+    assert results_page.mean_ci([0.7]) == (0.7, None, None)
+    assert results_page.t_quantile_95(40) == pytest.approx(2.02108, abs=2e-4)
 
 
 def test_report_means_intervals_claim_and_not_run_rows(tmp_path):
@@ -143,8 +147,9 @@ def test_claim_fails_and_waits_as_the_cells_say(tmp_path):
 def test_report_gives_the_declared_reason_of_a_cell_not_run(tmp_path):
     task = TASK["corridor1000"]
     reason = (task.label, "the window does not fit in memory")
-    cores = (CORE["expire_span-ppo"],
-             results.Core("trxl-equal-reach", "Transformer-XL, covering window", not_run=(reason,)))
+    covering = results_grid.Core("trxl-equal-reach", "Transformer-XL, covering window",
+                                 not_run=(reason,))  # fmt: skip
+    cores = (CORE["expire_span-ppo"], covering)
     write_records(tmp_path / "results" / "cells.jsonl", corridor1000_records()[:5])
     page = report(tmp_path, (task,), cores)
     assert ("| Transformer-XL, covering window |  | not run (0 of 3 seeds): the window does not "
@@ -152,10 +157,11 @@ def test_report_gives_the_declared_reason_of_a_cell_not_run(tmp_path):
 
 
 def test_every_declared_command_parses_with_its_cli(tmp_path):
-    records = [fake_record(task, CORE["expire_span-ppo"], seed, 1.0, 1000, 1.0, alive=46.2)
-               for task in results.TASKS for seed in CORE["expire_span-ppo"].seeds]  # fmt: skip
-    planner = results.Planner(records, tmp_path / "runs")
-    cells = results.grid_cells()
+    preset = CORE["expire_span-ppo"]
+    records = [fake_record(task, preset, seed, 1.0, 1000, 1.0, alive=46.2)
+               for task in results_grid.TASKS for seed in preset.seeds]  # fmt: skip
+    planner = results_grid.Planner(records, tmp_path / "runs")
+    cells = results_grid.grid_cells()
     assert len({cell.id for cell in cells}) == len(cells)
     first: dict[tuple[str, str], list[str]] = {}
     for cell in cells:
@@ -181,8 +187,8 @@ def test_every_declared_command_parses_with_its_cli(tmp_path):
         assert evaluate[:2] == ["evaluate.py", train[train.index("--run-dir") + 1]]
         if cell.core.name == "trxl-equal-memory":
             assert config.policy_kwargs["memory_size"] == 47  # 46.2 rounded up
-    readme = results.command_text(planner.commands(results.Cell(TASK["corridor1000"],
-                                                                CORE["expire_span-ppo"], 2))[0])
+    seed_2 = results_grid.Cell(TASK["corridor1000"], CORE["expire_span-ppo"], 2)
+    readme = results_grid.command_text(planner.commands(seed_2)[0])
     assert readme == ("python train_rl.py --env corridor --length 1000 --seed 2 --run-dir "
                       f"{tmp_path}/runs/corridor1000-expire_span-ppo-s2")  # fmt: skip
 
@@ -210,56 +216,56 @@ def tiny_run(run_dir):
 
 
 def test_run_state_skips_resumes_and_refuses_foreign_runs(tmp_path):
-    cell = results.Cell(TASK["corridor1000"], CORE["lstm-ppo"], 1)
+    cell = results_grid.Cell(TASK["corridor1000"], CORE["lstm-ppo"], 1)
     command = {"train": "python train_rl.py X", "evaluate": "python evaluate.py Y"}
     run_dir = tmp_path / cell.id
-    assert results.run_state(cell, run_dir, command) == "new"
+    assert results_run.run_state(cell, run_dir, command) == "new"
     run_dir.mkdir()
-    assert results.run_state(cell, run_dir, command) == "new"  # empty: nothing started
+    assert results_run.run_state(cell, run_dir, command) == "new"  # empty: nothing started
     tiny_run(run_dir)
-    with pytest.raises(results.HarnessError, match="not made by this harness"):
-        results.run_state(cell, run_dir, command)
-    results.write_harness(run_dir, {"command": {**command, "train": "python train_rl.py Z"}})
-    with pytest.raises(results.HarnessError, match="another command"):
-        results.run_state(cell, run_dir, command)
-    results.write_harness(run_dir, {"command": command, "commits": []})
+    with pytest.raises(results_grid.HarnessError, match="not made by this harness"):
+        results_run.run_state(cell, run_dir, command)
+    results_run.write_harness(run_dir, {"command": {**command, "train": "python train_rl.py Z"}})
+    with pytest.raises(results_grid.HarnessError, match="another command"):
+        results_run.run_state(cell, run_dir, command)
+    results_run.write_harness(run_dir, {"command": command, "commits": []})
     # The checkpoint reached --total-steps: finished, though the marker was never written.
-    assert results.run_state(cell, run_dir, command) == "evaluate"
+    assert results_run.run_state(cell, run_dir, command) == "evaluate"
     config = json.loads((run_dir / "config.json").read_text())
     config["learner"]["total_steps"] = 512  # now the checkpoint at 256 is half-way
     (run_dir / "config.json").write_text(json.dumps(config))
-    assert results.run_state(cell, run_dir, command) == "resume"
-    assert results.training_argv(cell, "resume", run_dir, ["train_rl.py"]) == \
+    assert results_run.run_state(cell, run_dir, command) == "resume"
+    assert results_run.training_argv(cell, "resume", run_dir, ["train_rl.py"]) == \
         ["train_rl.py", "--resume", str(run_dir)]
-    results.write_harness(run_dir, {"command": command, "commits": [], "trained": True})
-    assert results.run_state(cell, run_dir, command) == "evaluate"
-    results.write_harness(run_dir, {"command": command, "commits": [], "trained": True,
+    results_run.write_harness(run_dir, {"command": command, "commits": [], "trained": True})
+    assert results_run.run_state(cell, run_dir, command) == "evaluate"
+    results_run.write_harness(run_dir, {"command": command, "commits": [], "trained": True,
                                     "evaluated": True})  # fmt: skip
-    assert results.run_state(cell, run_dir, command) == "record"
+    assert results_run.run_state(cell, run_dir, command) == "record"
     (run_dir / "checkpoints" / "latest.pt").unlink()
-    results.write_harness(run_dir, {"command": command, "commits": []})
-    assert results.run_state(cell, run_dir, command) == "new"  # no checkpoint to resume from
+    results_run.write_harness(run_dir, {"command": command, "commits": []})
+    assert results_run.run_state(cell, run_dir, command) == "new"  # no checkpoint to resume from
 
 
 def test_sb3_run_state_follows_its_files(tmp_path):
-    cell = results.Cell(TASK["corridor1000"], CORE["sb3-defaults-ppo"], 1)
+    cell = results_grid.Cell(TASK["corridor1000"], CORE["sb3-defaults-ppo"], 1)
     command = {"train": "python benchmarks/sb3_baseline.py X", "evaluate": None}
     run_dir = tmp_path / cell.id
     run_dir.mkdir()
-    results.write_harness(run_dir, {"command": command, "commits": []})
-    assert results.run_state(cell, run_dir, command) == "new"
+    results_run.write_harness(run_dir, {"command": command, "commits": []})
+    assert results_run.run_state(cell, run_dir, command) == "new"
     (run_dir / "checkpoint.zip").write_bytes(b"")
-    assert results.run_state(cell, run_dir, command) == "resume"
-    assert results.training_argv(cell, "resume", run_dir, ["x.py"]) == ["x.py", "--resume"]
+    assert results_run.run_state(cell, run_dir, command) == "resume"
+    assert results_run.training_argv(cell, "resume", run_dir, ["x.py"]) == ["x.py", "--resume"]
     (run_dir / "summary.json").write_text("{}")
-    assert results.run_state(cell, run_dir, command) == "record"
+    assert results_run.run_state(cell, run_dir, command) == "record"
 
 
 def test_a_tiny_cell_end_to_end_then_skipped(tmp_path, capfd):
-    task = results.Task("corridor6", "corridor", {"length": 6}, "Corridor, length 6",
-                        results.CORRIDOR_BAR, episodes=16, num_envs=8, total_steps=256,
+    task = results_grid.Task("corridor6", "corridor", {"length": 6}, "Corridor, length 6",
+                        results_grid.CORRIDOR_BAR, episodes=16, num_envs=8, total_steps=256,
                         train_flags=("--num-envs", "8", "--num-steps", "16"))  # fmt: skip
-    cores = (results.Core("expire_span", "Expire-Span", seeds=(1,)),)
+    cores = (results_grid.Core("expire_span", "Expire-Span", seeds=(1,)),)
     cells, runs = tmp_path / "results" / "cells.jsonl", tmp_path / "runs"
     argv = ["run", "--threads", "1", "--results", str(cells), "--runs-root", str(runs)]
     assert results.main(argv, (task,), cores) == 0
@@ -275,7 +281,7 @@ def test_a_tiny_cell_end_to_end_then_skipped(tmp_path, capfd):
         "python train_rl.py --env corridor --length 6 --seed 1 --total-steps 256 --num-envs 8 "
         f"--num-steps 16 --run-dir {runs}/{record['cell']} --threads 1")  # fmt: skip
     assert record["command"]["evaluate"].endswith("--episodes 16 --num-envs 8 --threads 1")
-    assert 1 <= len(record["curve"]) <= results.CURVE_POINTS
+    assert 1 <= len(record["curve"]) <= results_run.CURVE_POINTS
     assert record["curve"][-1]["global_step"] == 256 and record["commit"]
     checkpoint = torch.load(runs / record["cell"] / "checkpoints" / "latest.pt",
                             weights_only=False)  # fmt: skip
@@ -291,8 +297,8 @@ def test_a_tiny_cell_end_to_end_then_skipped(tmp_path, capfd):
 def test_append_record_starts_a_line_of_its_own_after_a_cut_short_write(tmp_path):
     path = tmp_path / "cells.jsonl"
     path.write_text('{"cell": "a"}\n{"cell": "b", "sc')  # a write cut short
-    results.append_record(path, {"cell": "c"})
-    assert [r["cell"] for r in results.read_records(path)] == ["a", "c"]
+    results_run.append_record(path, {"cell": "c"})
+    assert [r["cell"] for r in results_grid.read_records(path)] == ["a", "c"]
 
 
 def test_sb3_baseline_rejects_bad_flags_in_one_line(tmp_path, capsys):
