@@ -118,6 +118,24 @@ def default_threads() -> int:
     return _default_threads[0]
 
 
+def machine() -> str:
+    """The CPU the runs ran on, and the vector instructions torch used: the same seed and thread
+    count give the same run on one kind of CPU, not across kinds."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle
+                         if line.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} " \
+           f"({torch.backends.cpu.get_cpu_capability()})"
+
+
 def make_record(cell: Cell, run_dir: Path, harness: dict[str, Any], budget: int) -> dict[str, Any]:
     """The cells.jsonl line of a cell whose run and evaluation finished."""
     sb3 = cell.core.name == "sb3"
@@ -148,6 +166,8 @@ def make_record(cell: Cell, run_dir: Path, harness: dict[str, Any], budget: int)
         "threads": cell.threads if cell.threads is not None else default_threads(),
         "threads_given": cell.threads is not None,
         "device": device,
+        "machine": machine() if device == "cpu" else device,
+        "load": round(os.getloadavg()[0], 1),
         "command": harness["command"],
         "score_name": score_name,
         "score": score,
