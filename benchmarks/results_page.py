@@ -162,7 +162,10 @@ def row_cells(row: Row, glance: bool = False) -> list[str]:
         budget = max(r["budget_steps"] for r in records)
         steps, wall = f"not solved at budget ({steps_text(budget)})", "not solved at budget"
     alive = [r["mem_alive_mean"] for r in records if r.get("mem_alive_mean") is not None]
+    peaks = [r["mem_alive_max"] for r in records if r.get("mem_alive_max") is not None]
     memory = f"{statistics.fmean(alive):.1f}" if alive else "—"
+    if peaks:  # what is held at the hardest step (a corridor's junction), not only on average
+        memory += f" (peak {max(peaks):.0f})"
     threads = sorted({r["threads"] for r in records})
     threads_text = "/".join(map(str, threads)) + (
         f" (--threads {row.threads})" if row.threads is not None else " (torch's choice)")

@@ -174,6 +174,7 @@ def make_record(cell: Cell, run_dir: Path, harness: dict[str, Any], budget: int)
         "oracle_share": evaluation.get("oracle_share"),
         "success_rate": evaluation["success_rate"],
         "mem_alive_mean": evaluation.get("mem_alive_mean"),
+        "mem_alive_max": evaluation.get("mem_alive_max"),
         "episodes": evaluation.get("episodes"),
         "steps": int(evaluation["checkpoint"]["global_step"]),
         "wall_s": round(float(evaluation["checkpoint"]["wall_time"]), 1),
