@@ -1,6 +1,10 @@
 """What PPO and the IMPALA-style learner share: optimiser, schedule, replay of chunks.
 
 Shape legend: T rollout steps, B envs, b envs of a minibatch, C chunks, L chunk length.
+
+Under torchrun each rank learns from its own rollout (its B / N env columns) and
+the ranks' gradients are averaged before clipping (`agents.distributed`); a
+minibatch is the union of the ranks' minibatches.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 import torch
 from torch.distributions import Categorical
 
+from agents.distributed import SINGLE, World
 from agents.rollout import Rollout, chunk_columns, chunked, unchunk
 from agents.run_config import LearnerConfig
 from policies.policy import MemoryPolicy, PolicyOutput
@@ -41,8 +46,12 @@ class Learner(abc.ABC):
     """Adam over the policy (span predictors at a lower rate), linear LR annealing,
     gradient clipping and a stop on a non-finite loss."""
 
-    def __init__(self, policy: MemoryPolicy, config: LearnerConfig, seed: int):
-        self.policy, self.config = policy, config
+    def __init__(self, policy: MemoryPolicy, config: LearnerConfig, seed: int,
+                 world: World = SINGLE):  # fmt: skip
+        """``config.num_envs`` counts the envs of all ranks of ``world``; this rank learns
+        from its share of them. ``seed`` orders this rank's minibatches."""
+        self.policy, self.config, self.world = policy, config, world
+        self.num_envs = config.num_envs // world.size
         self.optimizer = torch.optim.Adam(
             policy.param_groups(config.learning_rate, config.span_lr_scale), eps=1e-5
         )
@@ -68,8 +77,8 @@ class Learner(abc.ABC):
         return self.optimizer.param_groups[0]["lr"]
 
     def minibatches(self) -> list[Tensor]:
-        """A random split of the env columns into ``num_minibatches`` groups."""
-        order = torch.randperm(self.config.num_envs, generator=self.generator)
+        """A random split of this rank's env columns into ``num_minibatches`` groups."""
+        order = torch.randperm(self.num_envs, generator=self.generator)
         return list(order.chunk(self.config.num_minibatches))
 
     def optimise(self, loss: Tensor) -> Tensor:
@@ -79,17 +88,36 @@ class Learner(abc.ABC):
         norm is returned. The span loss's gradient grows with L_max: measured at the start of
         corridor-1000 training (L_max 3016), 45 for the span group against 1-16 for the rest,
         so one global clip scaled the policy's gradient by about 0.01, erratically from one
-        minibatch to the next."""
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} at update {self.update_count}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        minibatch to the next.
+
+        Under torchrun the clip sees the gradient averaged over the ranks."""
+        self.backward(loss)
         norms = [
             torch.nn.utils.clip_grad_norm_(group["params"], self.config.max_grad_norm)
             for group in self.optimizer.param_groups
         ]
         self.optimizer.step()
         return norms[0]
+
+    def backward(self, loss: Tensor) -> None:
+        """Fill the gradients from ``loss``: under torchrun, the mean of every rank's (a
+        non-finite loss on any rank stops them all); NonFiniteLossError before any
+        gradient is used."""
+        distributed = self.world.distributed
+        if not distributed and not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at update {self.update_count}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not distributed:
+            return
+        # The ranks' losses are checked in the gradients' all-reduce: one exchange, and every
+        # rank stops together instead of leaving the others waiting for its gradient.
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        bad = self.world.average_gradients(parameters, loss)
+        if bad:
+            here = f"is {loss.item()}" if not torch.isfinite(loss) else "is not finite"
+            raise NonFiniteLossError(f"loss {here} on {bad} of {self.world.size} processes "
+                                     f"at update {self.update_count}")  # fmt: skip
 
     def update(self, rollout: Rollout) -> dict[str, Tensor]:
         """Learn from one rollout; returns metrics as 0-d tensors (read them when logging).

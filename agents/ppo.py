@@ -6,7 +6,8 @@ Minibatches are whole env columns; each is replayed chunk by chunk from the
 memory state stored at the chunk's start during the rollout, so the first
 epoch reproduces the rollout exactly (log-ratio 0) and gradients flow within
 a chunk. Loss = clipped policy loss + vf_coef · value loss − ent_coef ·
-entropy + the policy's auxiliary loss (the Expire-Span span loss).
+entropy + the policy's auxiliary loss (the Expire-Span span loss). Advantages
+are normalised per minibatch (over every rank's part of it under torchrun).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class PPO(Learner):
         log_ratio = replay.log_probs - rollout.log_probs[:, columns]  # [T, b]
         ratio = log_ratio.exp()
         adv = advantages[:, columns]
-        adv = (adv - adv.mean()) / adv.std().clamp_min(config.adv_std_floor)
+        # Under torchrun: normalised by the whole minibatch's statistics, every rank's part.
+        mean, std = self.world.mean_and_std(adv)
+        adv = (adv - mean) / std.clamp_min(config.adv_std_floor)
         clipped = ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
         policy_loss = torch.max(-adv * ratio, -adv * clipped).mean()
         value_loss = 0.5 * (replay.values - returns[:, columns]).pow(2).mean()

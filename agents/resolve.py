@@ -209,13 +209,21 @@ def oracle_share_confirm(share: float | None, confirm: int | None, env: str) -> 
     return CONFIRM_EPISODES if confirm is None else confirm
 
 
-def resolve(args: TrainArgs) -> TrainConfig:
-    """The complete config of a new run from the command line (raises ConfigError)."""
+def resolve(args: TrainArgs, world_size: int = 1) -> TrainConfig:
+    """The complete config of a new run from the command line (raises ConfigError), trained
+    by ``world_size`` processes (torchrun's ranks), among which ``--num-envs`` is shared."""
     env_name, env_kwargs = resolve_env(args)
     limit = None if env_name in envs.TASKS else time_limit(env_name)
     preset_learner, preset_policy = preset(env_name, env_kwargs, args.policy, args.algo, limit)
     policy_kwargs = resolve_policy(args, env_name, preset_policy)
     learner = resolve_learner(args, preset_learner)
+    multiple = world_size * learner.num_minibatches  # each rank splits its share of the envs
+    _check(
+        world_size == 1 or learner.num_envs % multiple == 0,
+        f"--num-envs {learner.num_envs} counts the envs of all {world_size} processes: it must "
+        f"be a multiple of {world_size} x --num-minibatches {learner.num_minibatches} = "
+        f"{multiple}",
+    )
     if learner.curriculum_start is not None:
         _check_curriculum(learner.curriculum_start, env_name, env_kwargs)
     _check(
@@ -271,6 +279,8 @@ def resolve(args: TrainArgs) -> TrainConfig:
         confirm_episodes=confirm or None,
         threads=args.threads,
         target_oracle_share=share or None,
+        world_size=world_size,
+        num_envs_per_rank=learner.num_envs // world_size,
     )
     return TrainConfig(env_name, env_kwargs, args.policy, policy_kwargs, learner, run)
 
@@ -281,6 +291,13 @@ RESUME_OVERRIDES = (
 )  # fmt: skip
 """Flags a resumed run may change: none alters what the run computed up to now
 (``--total-steps`` only upwards: training on past the end moves the learning-rate schedule)."""
+
+
+def _launch(world_size: int) -> str:
+    """The command that starts ``world_size`` processes on one node."""
+    if world_size == 1:
+        return "python train_rl.py"
+    return f"torchrun --nproc-per-node {world_size} train_rl.py"
 
 
 def stored_values(config: TrainConfig) -> dict[str, Any]:
@@ -298,11 +315,21 @@ def stored_values(config: TrainConfig) -> dict[str, Any]:
 
 
 def resolve_resume(
-    args: TrainArgs, given: set[str], run_config: TrainConfig, global_step: int
-) -> TrainConfig:
+    args: TrainArgs, given: set[str], run_config: TrainConfig, global_step: int,
+    world_size: int = 1,
+) -> TrainConfig:  # fmt: skip
     """The config a resumed run goes on with. Flags ``given`` on the command line (names of
     `TrainArgs` fields) must repeat the run's values, apart from `RESUME_OVERRIDES`, which
-    the returned config takes on; ``global_step`` is where the run's checkpoint stands."""
+    the returned config takes on; ``global_step`` is where the run's checkpoint stands. The
+    run must go on with as many processes (``world_size``) as it was trained with: its
+    checkpoint holds each one's envs and memories."""
+    trained_by = run_config.run.world_size
+    _check(
+        world_size == trained_by,
+        f"--resume {args.resume}: the run was trained by {trained_by} processes and this "
+        f"launch has {world_size}; resume it with {trained_by} ({_launch(trained_by)} "
+        f"--resume {args.resume})",
+    )
     stored = stored_values(run_config)
     mismatches, fixed = [], []
     for name in sorted(given - {"resume", *RESUME_OVERRIDES}):

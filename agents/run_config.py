@@ -68,6 +68,11 @@ class RunConfig:
     confirm_episodes: int | None = None
     threads: int | None = None
     target_oracle_share: float | None = None
+    world_size: int = 1
+    """Processes that train the run together (torchrun's ranks; 1: a plain process)."""
+    num_envs_per_rank: int | None = None
+    """Envs each process steps: ``learner.num_envs`` (all processes together) / world_size
+    (None in configs written before it was recorded)."""
 
 
 @dataclass

@@ -15,6 +15,9 @@ first cuts ``metrics.csv`` back to the checkpoint it resumes from. A
 temporary file a kill left behind is removed when training starts again; a
 ``latest.pt`` cut short falls back to the newest intact ``ckpt_*.pt``.
 
+Under torchrun rank 0 alone writes the run directory (`agents.distributed`); its
+checkpoints hold every rank's envs, memories and random states.
+
 Checkpoints are data, not code: they hold only tensors and plain containers
 and are loaded with ``torch.load(..., weights_only=True)``, so opening a run
 directory someone sent you never runs what its files hold.
@@ -380,9 +383,3 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
-
-
-def is_main_process() -> bool:
-    """Whether this process writes the run directory (rank 0 under torch.distributed)."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return not distributed or torch.distributed.get_rank() == 0

@@ -83,7 +83,8 @@ class TrainArgs(TaskFlags):  # type: ignore[misc, valid-type]
 
     # --- the learner ---
     num_envs: PresetInt = None
-    """Parallel environments B."""
+    """Parallel environments B, all processes together: under torchrun each of the N
+    processes steps B / N of them (a multiple of N x --num-minibatches)."""
     num_steps: PresetInt = None
     """Rollout length T per update."""
     total_steps: PresetInt = None

@@ -4,6 +4,14 @@ One seed gives the same run on CPU, and a run resumed from a checkpoint goes
 on exactly as the uninterrupted run would have: the checkpoint holds the
 weights, the optimiser, the schedule position, every random state, the envs'
 state and the policy's memory.
+
+Under torchrun (`agents.distributed`) every rank runs this loop on its own
+share of the envs, seeded ``seed + rank``, from rank 0's initial weights. The
+metrics of an interval are reduced over the ranks before anything reads them,
+so the curriculum and the stop rule take the same decision on every rank; the
+greedy check of the stop runs on rank 0 and its answer is broadcast. Rank 0
+alone writes the run directory; its checkpoints hold every rank's envs,
+memories and random states, so a resume with as many ranks goes on exactly.
 """
 
 from __future__ import annotations
@@ -18,14 +26,29 @@ import torch
 
 from agents.build import build_policy, make_env
 from agents.control import Curriculum, StopRule
+from agents.distributed import SINGLE, World, to_cpu
 from agents.impala import IMPALA
 from agents.learner import Learner
 from agents.ppo import PPO
 from agents.rollout import Collector
 from agents.run_config import TrainConfig
-from agents.run_dir import TENSORBOARD_PREFIX, RunDir, RunDirError, is_main_process
+from agents.run_dir import TENSORBOARD_PREFIX, RunDir, RunDirError
 
 LEARNERS: dict[str, type[Learner]] = {"ppo": PPO, "impala": IMPALA}
+
+# How an interval's metrics combine over the ranks under torchrun. The episode columns come
+# from the ranks' summed episode counts; the rest (steps, update, learning rate, entropy
+# coefficient, the gradient norm of the averaged gradient, the stage) are the same on every
+# rank, and wall_time is rank 0's.
+RANK_MEAN = ("policy_loss", "value_loss", "entropy", "aux_loss", "approx_kl", "clip_fraction",
+             "mem_alive_mean", "span_mean")  # fmt: skip
+"""Means over equally many envs per rank: their mean is the mean over all envs."""
+RANK_MAX = ("mem_alive_max", "rss_mb")
+RANK_MIN = ("sps",)
+"""The slowest rank's pace is the run's (the ranks wait for each other at every update)."""
+RANK_LOCAL = ("collector", "torch_rng", "cuda_rng")
+"""The parts of a checkpoint that each rank holds for itself (with its minibatch order)."""
+
 
 def _memory_stats(collector: Collector) -> dict[str, float]:
     output = getattr(collector, "last_output", None)
@@ -97,18 +120,22 @@ class Trainer:
     """Everything of one run, built from its config; ``run()`` trains to the end."""
 
     def __init__(self, config: TrainConfig, run_dir: RunDir, resume: bool = False,
-                 progress: bool = True, checkpoint: dict[str, Any] | None = None):  # fmt: skip
+                 progress: bool = True, checkpoint: dict[str, Any] | None = None,
+                 world: World = SINGLE):  # fmt: skip
         """``resume``: go on from the run's latest checkpoint (``checkpoint``, if already
-        loaded)."""
-        self.config, self.run_dir = config, run_dir
+        loaded). ``world``: this process's rank among the run's processes (torchrun)."""
+        self.config, self.run_dir, self.world = config, run_dir, world
         self.reached_targets = False
         """Whether the last run stopped because an interval met the run's targets."""
         run = config.run
         if run.threads:
             torch.set_num_threads(run.threads)
-        torch.manual_seed(run.seed)
-        self.device = torch.device(run.device)
-        self.env = make_env(config)
+        seed = run.seed + world.rank  # what each rank draws for itself: sampling, envs
+        torch.manual_seed(seed)
+        device = world.device(run.device)
+        self.device = torch.device(device)
+        self.env = make_env(config, num_envs=config.learner.num_envs // world.size,
+                            device=device, seed=seed)  # fmt: skip
         self.curriculum: Curriculum | None = None
         if config.learner.curriculum_start is not None:
             full = config.env_kwargs[self.env.curriculum_parameter]
@@ -117,24 +144,37 @@ class Trainer:
             self.env.set_curriculum_stage(self.curriculum.stage, self.curriculum.full_fraction)
         self.stop_rule = StopRule(run)
         self.policy = build_policy(config, self.env, self.device)
-        self.learner = LEARNERS[config.learner.algo](self.policy, config.learner, run.seed)
+        world.broadcast_module(self.policy)  # every rank starts from rank 0's weights
+        self.learner = LEARNERS[config.learner.algo](self.policy, config.learner, seed, world)
         self.collector = Collector(
-            self.env, self.policy, config.learner.num_steps, config.learner.chunk_length,
-            run.seed,
+            self.env, self.policy, config.learner.num_steps, config.learner.chunk_length, seed,
         )  # fmt: skip
-        self.steps_per_update = config.learner.num_envs * config.learner.num_steps
+        self.steps_per_update = config.learner.num_envs * config.learner.num_steps  # all ranks
         self.global_step, self.wall_offset = 0, 0.0
         if resume:
             if checkpoint is None:
                 checkpoint = run_dir.load_checkpoint(device=str(self.device))
             self._restore(checkpoint)
         self._apply_stage_settings()  # the (restored) curriculum stage's
-        self.progress_enabled = progress
+        self.progress_enabled = progress and world.is_main
 
     # -- checkpoints ---------------------------------------------------------
-    def _payload(self, wall_time: float) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        """What this rank alone holds: its envs, memories, random states, minibatch order."""
+        return {
+            "collector": self.collector.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "generator": self.learner.generator.get_state(),
+        }
+
+    def _payload(self, wall_time: float, other_ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint: rank 0's state where a single process keeps its own, and under
+        torchrun every other rank's (`_rank_state`) in ``other_ranks``."""
         return {
             "config": self.config.to_dict(),
+            "world_size": self.world.size,
+            "other_ranks": other_ranks,
             "global_step": self.global_step,
             "update": self.learner.update_count,
             "wall_time": wall_time,
@@ -150,7 +190,8 @@ class Trainer:
 
     def _restore(self, payload: dict[str, Any]) -> None:
         """Go on from a checkpoint; one that does not fit this run (another policy, another
-        env) is a RunDirError naming the part that does not fit."""
+        env, another number of ranks) is a RunDirError naming the part that does not fit."""
+        payload = self._rank_payload(payload)
         parts = (("policy", self.policy), ("learner", self.learner),
                  ("collector", self.collector))  # fmt: skip
         for name, part in parts:
@@ -173,13 +214,34 @@ class Trainer:
             # A version 1 checkpoint kept the stage only in the envs' state.
             stage = payload["curriculum"] or {"stage": self.env.curriculum_stage}
             self.curriculum.load_state_dict(stage)
-        if is_main_process():
+        if self.world.is_main:
             self.run_dir.truncate_metrics(self.global_step)
 
+    def _rank_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint as this rank restores it: with its own envs, memories and random
+        states in place of rank 0's (checkpoints without ``world_size`` are one process's)."""
+        size = payload.get("world_size", 1)
+        if size != self.world.size:
+            raise RunDirError(
+                f"the checkpoint of {self.run_dir.path} was written by {size} processes, not "
+                f"{self.world.size}: resume it with torchrun --nproc-per-node {size} "
+                "(or python train_rl.py for 1)"
+            )
+        if self.world.is_main:
+            return payload
+        own = payload["other_ranks"][self.world.rank - 1]
+        learner = {**payload["learner"], "generator": own["generator"]}
+        return {**payload, **{key: own[key] for key in RANK_LOCAL}, "learner": learner}
+
     def save(self, wall_time: float) -> None:
-        if is_main_process():
+        """Write a checkpoint (rank 0), with every rank's own state gathered to it."""
+        other_ranks: list[dict[str, Any]] = []
+        if self.world.distributed:
+            gathered = self.world.gather_objects(to_cpu(self._rank_state()))
+            other_ranks = (gathered or [])[1:]  # rank 0's own state is the payload's
+        if self.world.is_main:
             self.run_dir.save_checkpoint(
-                self._payload(wall_time), self.learner.update_count,
+                self._payload(wall_time, other_ranks), self.learner.update_count,
                 self.config.run.keep_checkpoints,
             )  # fmt: skip
 
@@ -190,7 +252,7 @@ class Trainer:
 
         config, learner = self.config, self.learner
         writer = None
-        if is_main_process():
+        if self.world.is_main:
             # TensorBoard drops what an interrupted attempt logged after the checkpoint (the row at
             # the checkpoint's own step stays, as in metrics.csv).
             writer = SummaryWriter(str(self.run_dir.path), purge_step=self.global_step + 1)
@@ -211,17 +273,8 @@ class Trainer:
                 stop = False
                 if update % config.run.log_interval == 0 or last:
                     now = time.perf_counter()
-                    row = {
-                        "global_step": self.global_step,
-                        "update": update,
-                        "wall_time": wall,
-                        "sps": interval_steps / max(now - interval_start, 1e-9),
-                        **self.collector.stats.read(),
-                        **{key: value.item() for key, value in metrics.items()},
-                        **_memory_stats(self.collector),
-                        "task_longest": self._stage(),
-                        "rss_mb": resident_mb(),
-                    }
+                    sps = interval_steps / max(now - interval_start, 1e-9)
+                    row = self._interval_row(metrics, wall, sps)
                     interval_start, interval_steps = now, 0
                     self._log(row, writer)
                     progress.log(row)
@@ -241,10 +294,35 @@ class Trainer:
                 writer.close()
         return last_row
 
+    def _interval_row(self, metrics: dict[str, torch.Tensor], wall: float,
+                      sps: float) -> dict[str, float]:  # fmt: skip
+        """The metrics row of the interval that ends now (over every rank's envs)."""
+        self.world.sum_(self.collector.stats.sums)  # every rank's finished episodes
+        row = {
+            "global_step": self.global_step,
+            "update": self.learner.update_count,
+            "wall_time": wall,
+            "sps": sps,
+            **self.collector.stats.read(),
+            **{key: value.item() for key, value in metrics.items()},
+            **_memory_stats(self.collector),
+            "task_longest": self._stage(),
+            "rss_mb": resident_mb(),
+        }
+        return self.world.reduce_floats(row, RANK_MEAN, RANK_MAX, RANK_MIN)
+
     def _greedy_check(self, progress: Progress) -> bool:
         """Whether greedy episodes of the full task meet the targets too (what `evaluate.py`
         measures, not the training interval's sampled, random-length episodes); each check is
-        logged in ``target_checks.jsonl``."""
+        logged in ``target_checks.jsonl``.
+
+        Under torchrun rank 0 plays the episodes and every rank takes its answer: the same
+        episodes a single process would play, and no way for ranks whose arithmetic differs
+        in the last bit (other CPUs, other GPUs) to disagree about stopping."""
+        passed = self._play_greedy_check(progress) if self.world.is_main else False
+        return self.world.broadcast_flag(passed)
+
+    def _play_greedy_check(self, progress: Progress) -> bool:
         from agents.evaluate import PolicyAgent, evaluate, evaluate_with_oracle
         from agents.load_run import resolve_task
 
@@ -274,8 +352,7 @@ class Trainer:
         if share is not None:
             check["oracle_share"] = share
             scored += f", {share:.1%} of the oracle's score"
-        if is_main_process():
-            self.run_dir.append_target_check(check)
+        self.run_dir.append_target_check(check)
         progress.note(
             f"target check at step {self.global_step}: {episodes} greedy episodes of the full "
             f"task, {scored}, {result.mem_alive_mean:.1f} alive: "
@@ -315,7 +392,7 @@ class Trainer:
             self.learner.set_span_lr_scale(span_lr_scale)
 
     def _log(self, row: dict[str, float], writer: Any) -> None:
-        if not is_main_process():
+        if not self.world.is_main:
             return
         self.run_dir.append_metrics(row)
         for key, value in row.items():
