@@ -8,7 +8,7 @@ Which episode is recorded: for the suite's tasks, a batched env's episode
 exactly the observations it was evaluated on. A gymnasium id (e.g.
 ``MiniGrid-MemoryS13Random-v0``, or ``module:EnvId``) has no layout to replay:
 its episode is played in ``gym.make(id, render_mode="rgb_array")`` seeded as
-the batched env seeds its env i (``seed + i``), through the adapter's
+the batched env seeds its env i (`envs.gym_adapter.env_seeds`), through the adapter's
 observation wrapper (`envs.gym_adapter.ObservationFields`), so the policy reads
 the fields it was trained on. Any env that renders RGB frames can be recorded;
 :func:`check_recordable` says at once when one cannot.
@@ -45,7 +45,7 @@ from agents.load_run import LoadedRun
 from agents.memory_panel import BACKGROUND, LABEL_FONT_SIZE, MemoryPanel, font
 from agents.run_config import ConfigError, TrainConfig
 from envs.core import ACTION_NAMES
-from envs.gym_adapter import SUCCESS_KEYS, ObservationFields, check_gym_env
+from envs.gym_adapter import SUCCESS_KEYS, ObservationFields, check_gym_env, env_seeds
 from envs.last_step import last_step_fields
 from envs.reference import RGB, ReferenceEnv
 
@@ -353,7 +353,8 @@ def record_videos(
     an Expire-Span policy their span pictures to ``RUN_DIR/plots/<prefix>span-ep<k>.png``.
 
     The episodes are those the batched env with ``seed`` starts with (one per env): replayed
-    from their layouts for the suite's tasks, seeded ``seed + k`` for gymnasium ids. Raises
+    from their layouts for the suite's tasks, seeded as the batched env seeds them for
+    gymnasium ids (`envs.gym_adapter.env_seeds`). Raises
     ConfigError if the env cannot be recorded (:func:`check_recordable`)."""
     check_recordable(run.config)
     if run.config.env in envs.TASKS:
@@ -361,7 +362,7 @@ def record_videos(
         batched.reset(seed=seed)
         starts = [{"options": {"layout": batched.layout(index)}} for index in range(count)]
     else:
-        starts = [{"seed": seed + index} for index in range(count)]
+        starts = [{"seed": env_seed} for env_seed in env_seeds(seed, count)]
     env = make_recording_env(run.config.env, run.env_kwargs)
     videos_dir = run.run_dir.path / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)

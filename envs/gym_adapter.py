@@ -183,6 +183,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()).rstrip(".")
 
 
+def env_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of ``count`` envs reset with ``seed``: independent draws from it, so that no
+    two seeds (of neighbouring runs, or of the ranks of one) give envs the same episodes."""
+    return [int(value) for value in np.random.SeedSequence(seed).generate_state(count)]
+
+
 class GymBatchedEnv:
     """``num_envs`` copies of a registered gymnasium env, stepped as one batched env.
 
@@ -272,15 +278,17 @@ class GymBatchedEnv:
     def reset(self, seed: int | None = None, desync: bool = False) -> Obs:
         """Start a new episode in every env and return the first observations.
 
-        ``seed`` seeds env i with ``seed + i`` (gymnasium's convention) and the
-        generator that seeds later resets; without it the seeds come from that
-        generator. ``desync`` has no effect (see the class docstring).
+        ``seed`` seeds the envs with independent seeds drawn from it
+        (``numpy.random.SeedSequence``: runs of neighbouring seeds, or the ranks of a
+        distributed run seeded ``seed + rank``, share no env's episodes, as they would with
+        gymnasium's ``seed + i``) and the generator that seeds later resets; without it the
+        seed comes from that generator. ``desync`` has no effect (see the class docstring).
         """
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         else:
             seed = int(self.rng.integers(2**31 - self.num_envs))
-        obs, _ = self.vector_env.reset(seed=int(seed))
+        obs, _ = self.vector_env.reset(seed=env_seeds(int(seed), self.num_envs))
         self._check_cells(obs)
         self.step_count[:] = 0
         self.episode_return[:] = 0.0

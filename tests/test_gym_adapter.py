@@ -77,7 +77,7 @@ def test_minigrid_spaces_shapes_and_episode_info():
     lengths = torch.zeros(3, dtype=torch.long)
     returns = torch.zeros(3)
     finished = 0
-    for action in random_actions(env, 150):
+    for action in random_actions(env, 250):  # past the time limit: every env ends once
         obs, reward, terminated, truncated, info = env.step(action)
         assert reward.dtype == torch.float32 and reward.shape == (3,)
         assert terminated.dtype == torch.bool and truncated.dtype == torch.bool
@@ -92,7 +92,7 @@ def test_minigrid_spaces_shapes_and_episode_info():
             finished += 1
         assert not info["success"][~done].any()
         lengths[done], returns[done] = 0, 0.0
-    assert finished > 0
+    assert finished >= 3
 
 
 def test_flat_vector_env_resets_in_the_same_step():
