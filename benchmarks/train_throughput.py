@@ -34,7 +34,8 @@ Default: each side with its own settings.
 steps/s of training once the spans are learnt and few memories are alive. Ours also reports
 its matrix-multiply FLOPs per env step (rollout and update, counted by torch over one more
 update), set against what ``TARGET_RATIO`` x sb3's steps/s would ask of the matrix work
-alone and this CPU's float32 matrix-multiply rate on large matrices. Where CUDA is
+alone and this CPU's float32 matrix-multiply rate on large matrices (``cpu_sgemm_gflops``);
+``matmul_share_of_sgemm`` is the whole loop's matrix FLOP/s as a share of that rate. Where CUDA is
 available, ours is also measured on it, once for each of the ``--cuda-num-envs`` env counts
 (``--cuda-only`` skips the CPU runs).
 
@@ -49,7 +50,10 @@ PPO coefficients (the list, and what still differs by sb3's design, is in the do
 ``train_throughput_sb3.py``). The JSON line carries both sides' steps/s at each env count,
 ``equal_work_ratio`` (ours ÷ sb3-contrib steps/s at the largest env count both measure, 64
 by default) and ``ratio_to_sb3_best`` (ours at each count ÷ sb3-contrib at its fastest
-count).
+count). Our side also carries ``matmul_share_of_sgemm`` at each count, and the line
+``equal_work_ratio_bound``: the ratio ours would reach if it did nothing but its matrix
+work at this CPU's large-matrix rate (``sgemm_bound_steps_per_s``), the ceiling of any
+equal-work ratio on this machine.
 
 ``--trxl-window N`` (either mode) also times ours with the Expire-Span preset (from
 ``--from-run``'s weights if given) and with Transformer-XL of window N, at ``--num-envs``
@@ -189,15 +193,24 @@ def equal_memory(args: TrainThroughputArgs, weights: dict[str, Any] | None,
 def equal_work(args: TrainThroughputArgs, configs: dict[int, TrainConfig]) -> dict[str, Any]:
     """Our LSTM policy at each of ``configs``' env counts against RecurrentPPO configured
     alike at each of ``--sb3-env-counts``."""
+    sb3_counts = args.sb3_env_counts or EQUAL_WORK_SB3
+    pair = max(set(configs) & set(sb3_counts))
     ours = {count: ours_steps_per_second(config, args.seconds, args.warmup_updates,
-                                         count_flops=False)
+                                         count_flops=count == pair)
             for count, config in configs.items()}  # fmt: skip
     some_config = next(iter(configs.values()))
     sb3 = {count: sb3_steps_per_second(sb3_equal_work_model(some_config, count, args.seconds))
-           for count in args.sb3_env_counts or EQUAL_WORK_SB3}  # fmt: skip
-    pair = max(set(ours) & set(sb3))
+           for count in sb3_counts}  # fmt: skip
     best = max(sb3.values(), key=lambda measured: measured["steps_per_s"])
     learner = some_config.learner
+    # The same network does the same matrix work per step at every env count; at this CPU's
+    # large-matrix rate and nothing else, ours could go no faster than this.
+    sgemm = sgemm_gflops()
+    mflop = ours[pair]["matmul_mflop_per_step"]
+    for measured in ours.values():
+        measured["matmul_share_of_sgemm"] = round(
+            measured["steps_per_s"] * mflop / 1e3 / sgemm, 3)
+    ceiling = sgemm * 1e3 / mflop
     return {
         "settings": {
             "policy": some_config.policy, "policy_kwargs": some_config.policy_kwargs,
@@ -211,6 +224,10 @@ def equal_work(args: TrainThroughputArgs, configs: dict[int, TrainConfig]) -> di
         "equal_work_ratio": round(ours[pair]["steps_per_s"] / sb3[pair]["steps_per_s"], 2),
         "ratio_to_sb3_best": {str(count): round(measured["steps_per_s"] / best["steps_per_s"], 2)
                               for count, measured in ours.items()},
+        "matmul_mflop_per_step": mflop,
+        "cpu_sgemm_gflops": round(sgemm, 1),
+        "sgemm_bound_steps_per_s": round(ceiling, 1),
+        "equal_work_ratio_bound": round(ceiling / sb3[pair]["steps_per_s"], 2),
     }
 
 
@@ -242,6 +259,10 @@ def default_mode(args: TrainThroughputArgs, weights: dict[str, Any] | None) -> d
     # FLOPs per step.
     target_needs = (TARGET_RATIO * sb3["steps_per_s"] * ours["matmul_mflop_per_step"] / 1e3
                     if ours and sb3 else None)  # fmt: skip
+    sgemm = sgemm_gflops() if not args.cuda_only else None
+    if ours and sgemm:  # the training loop's matrix FLOP/s as a share of this CPU's rate
+        ours["matmul_share_of_sgemm"] = round(
+            ours["steps_per_s"] * ours["matmul_mflop_per_step"] / 1e3 / sgemm, 3)
     return {
         "ours": ours,
         "sb3_contrib": sb3,
@@ -249,7 +270,7 @@ def default_mode(args: TrainThroughputArgs, weights: dict[str, Any] | None) -> d
         "target_ratio": TARGET_RATIO,
         "target_met": ratio >= TARGET_RATIO if ratio is not None else None,
         "target_needs_matmul_gflops": round(target_needs, 1) if target_needs is not None else None,
-        "cpu_sgemm_gflops": round(sgemm_gflops(), 1) if not args.cuda_only else None,
+        "cpu_sgemm_gflops": round(sgemm, 1) if sgemm else None,
         "ours_cuda": ours_cuda,
     }
 

@@ -178,6 +178,15 @@ def test_equal_work_line_compares_both_sides_at_each_env_count(capsys):
     ratio = line["ours"][0]["steps_per_s"] / line["sb3_contrib"][1]["steps_per_s"]
     assert line["equal_work_ratio"] == pytest.approx(ratio, abs=0.006)  # rounded to 0.01
     assert line["ratio_to_sb3_best"].keys() == {"4"}
+    # The ceiling: ours doing only its matrix work at the measured large-matrix rate.
+    mflop, sgemm = line["matmul_mflop_per_step"], line["cpu_sgemm_gflops"]
+    assert mflop > 0 and sgemm > 0
+    # (from the rounded figures the line carries: within 2 %)
+    assert line["sgemm_bound_steps_per_s"] == pytest.approx(sgemm * 1e3 / mflop, rel=0.02)
+    bound = line["sgemm_bound_steps_per_s"] / line["sb3_contrib"][1]["steps_per_s"]
+    assert line["equal_work_ratio_bound"] == pytest.approx(bound, rel=0.02)
+    share = line["ours"][0]["steps_per_s"] * mflop / 1e3 / sgemm
+    assert line["ours"][0]["matmul_share_of_sgemm"] == pytest.approx(share, rel=0.02, abs=1e-3)
 
 
 def test_default_line_sets_ours_against_sb3_defaults_and_trxl_at_equal_memory(capsys):
@@ -191,6 +200,9 @@ def test_default_line_sets_ours_against_sb3_defaults_and_trxl_at_equal_memory(ca
     check_shares(line["ours"]["time_shares"])
     check_shares(line["sb3_contrib"]["time_shares"])
     assert line["ratio"] > 0 and line["cpu_sgemm_gflops"] > 0
+    ours = line["ours"]
+    share = ours["steps_per_s"] * ours["matmul_mflop_per_step"] / 1e3 / line["cpu_sgemm_gflops"]
+    assert ours["matmul_share_of_sgemm"] == pytest.approx(share, rel=0.02, abs=1e-3)
     equal_memory = line["equal_memory"]
     assert equal_memory["trxl_window"] == 4
     assert equal_memory["expire_span"] == line["ours"]  # measured once
