@@ -88,6 +88,8 @@ class Task:
     """The step budget of every core; default: the Expire-Span preset's."""
     train_flags: tuple[str, ...] = ()
     """More flags of every ``train_rl.py`` command on this task."""
+    cores: tuple[str, ...] | None = None
+    """Keys of the only cores that run on this task (None: every core that runs on all)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,11 @@ class Core:
         """The core's part of a cell id: name, variant and learner (``sb3-defaults-ppo``)."""
         return "-".join(part for part in (self.name, self.variant, self.algo) if part)
 
+    def runs_on(self, task: Task) -> bool:
+        """Whether this core has cells on ``task``."""
+        return ((self.tasks is None or task.label in self.tasks)
+                and (task.cores is None or self.key in task.cores))  # fmt: skip
+
     def reason_not_run(self, task: Task) -> str | None:
         """Why this core's cells on ``task`` are declared but not run (None: they run)."""
         return dict(self.not_run).get(task.label)
@@ -129,6 +136,10 @@ TASKS: tuple[Task, ...] = (
     Task("portal", "portal", {}, "Portal", ORACLE_BAR, episodes=200, num_envs=100, stage=2),
     Task("instruction", "instruction", {}, "Instruction", ORACLE_BAR, episodes=200, num_envs=100,
          stage=2),
+    # The long corridor: the preset alone (its budget is 40M steps; a Transformer-XL window
+    # covering it does not fit in memory).
+    Task("corridor10000", "corridor", {"length": 10000}, "Corridor, length 10,000",
+         CORRIDOR_BAR, episodes=1000, num_envs=200, stage=3, cores=("expire_span-ppo",)),
 )  # fmt: skip
 """The tasks, cheap and decisive ones first (stage 1)."""
 
@@ -172,7 +183,7 @@ def grid_cells(
 ) -> list[Cell]:
     """Every declared cell, in the order they run."""
     cells = [Cell(task, core, seed, threads) for task in tasks for core in cores
-             if core.tasks is None or task.label in core.tasks for seed in core.seeds]  # fmt: skip
+             if core.runs_on(task) for seed in core.seeds]  # fmt: skip
     order = {id(item): index for index, item in enumerate((*tasks, *cores))}
     return sorted(cells, key=lambda cell: (max(cell.task.stage, cell.core.stage),
                                            order[id(cell.task)], order[id(cell.core)],

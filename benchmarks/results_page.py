@@ -91,7 +91,7 @@ def table_rows(task: Task, cores: Sequence[Core], records: list[dict[str, Any]])
     cells ran with (one empty row for a core with no cell yet)."""
     rows = []
     for core in cores:
-        if core.tasks is not None and task.label not in core.tasks:
+        if not core.runs_on(task):
             continue
         mine = sorted((r for r in records if matches(r, task, core)),
                       key=lambda r: (threads_flag(r) or 0, r["seed"], r["cell"]))  # fmt: skip

@@ -320,3 +320,74 @@ def test_sb3_baseline_flattens_minigrid_without_its_text_mission():
     obs, _ = env.reset(seed=0)
     assert obs.shape == (4 + 7 * 7 * 3,)  # the direction one-hot and the image cells
     env.close()
+
+
+# -- time_to_solve.py: the preset's seeds as a user runs them, from the grid's cells -------------
+time_to_solve = load("time_to_solve")
+
+
+def test_time_to_solve_summarises_the_preset_seeds_and_the_baselines_at_budget(tmp_path, capfd):
+    task = TASK["corridor1000"]
+    records = corridor1000_records()  # seeds 1-5 at 100 s x seed; seeds 1-3 solved
+    write_records(tmp_path / "cells.jsonl", records)
+    argv = ["--summary-only", "--tasks", "corridor1000", "--results", str(tmp_path / "cells.jsonl")]
+    assert time_to_solve.main(argv) == 0
+    (row,) = json.loads(capfd.readouterr().out)["rows"]
+    assert row["task"] == "corridor1000" and row["seeds_run"] == [1, 2, 3] and row["solved"] == 3
+    assert row["wall_s"] == {"each": [100.0, 200.0, 300.0], "median": 200.0, "min": 100.0,
+                             "max": 300.0}  # fmt: skip
+    assert row["steps"]["median"] == 2_000_000
+    (trxl,) = row["baselines_at_budget"]
+    assert trxl["seeds"] == 3 and trxl["solved"] == 0 and trxl["score_mean"] == 0.5
+    # 200 s median: the corridor-1000 bar is not met; with faster seeds it is.
+    assert time_to_solve.summary(records, [task], results_grid.CORES, [1, 2, 3], None)["bars"] == {
+        "corridor1000_median_120s_none_over_300s": False}
+    fast = [dict(r, wall_s=w) for r, w in zip(records[:3], [90.0, 110.0, 290.0], strict=True)]
+    assert time_to_solve.summary(fast, [task], results_grid.CORES, [1, 2, 3], None)["bars"] == {
+        "corridor1000_median_120s_none_over_300s": True}
+    # A seed not run yet: no verdict; another thread count: another row's cells.
+    assert time_to_solve.summary(fast[:2], [task], results_grid.CORES, [1, 2, 3],
+                                 None)["bars"] == {"corridor1000_median_120s_none_over_300s": None}
+    other = time_to_solve.summary(fast, [task], results_grid.CORES, [1, 2, 3], 1)["rows"][0]
+    assert other["seeds_run"] == [] and other["wall_s"]["median"] is None
+
+
+def test_time_to_solve_corridor10000_bar_needs_few_memories_within_the_hour():
+    task, es = TASK["corridor10000"], CORE["expire_span-ppo"]
+    assert [core.key for core in results_grid.CORES if core.runs_on(task)] == ["expire_span-ppo"]
+
+    def verdict(wall, alive):
+        records = [fake_record(task, es, 1, 1.0, 40_000_000, wall, alive=alive)]
+        summary = time_to_solve.summary(records, [task], results_grid.CORES, [1], None)
+        return summary["bars"]["corridor10000_solved_within_60min"]
+
+    assert verdict(3000.0, 80.0) is True
+    assert verdict(3000.0, 150.0) is False  # over 1 % of the length alive
+    assert verdict(4000.0, 80.0) is False  # over the hour
+
+
+def test_time_to_solve_runs_each_task_in_order_with_progress_on_stderr(tmp_path, capfd,
+                                                                       monkeypatch):  # fmt: skip
+    asked = []
+
+    def fake_run(args, tasks, cores):
+        asked.append((args.cells, args.seeds, args.threads))
+        print("progress of", args.cells[0], flush=True)  # the harness prints to stdout
+        return 0
+
+    monkeypatch.setattr(time_to_solve, "run", fake_run)
+    argv = ["--tasks", "corridor1000", "corridor100", "--seeds", "1", "2", "--threads", "1",
+            "--results", str(tmp_path / "cells.jsonl")]  # fmt: skip
+    assert time_to_solve.main(argv) == 0
+    out, err = capfd.readouterr()
+    assert asked == [(["corridor1000-expire_span-ppo-s*"], [1, 2], 1),
+                     (["corridor100-expire_span-ppo-s*"], [1, 2], 1)]  # fmt: skip
+    assert "progress of corridor1000" in err and "progress" not in out
+    line = json.loads(out)  # stdout: the JSON line alone
+    assert [row["task"] for row in line["rows"]] == ["corridor1000", "corridor100"]
+
+
+def test_time_to_solve_refuses_seeds_the_grid_does_not_declare(capsys):
+    assert time_to_solve.main(["--summary-only", "--seeds", "9"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --seeds 9: the grid's Expire-Span cells have seeds 1 2 3 4 5"]
