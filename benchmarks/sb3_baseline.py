@@ -1,5 +1,9 @@
 """sb3-contrib's RecurrentPPO on one task: the off-the-shelf baseline of the results page.
 
+(One file on purpose: the baseline's whole run, from its command line to its evaluation, is
+what a reader checks for fairness, so it reads top to bottom in one place; it borrows only
+the suite's CLI helpers, its evaluator and its atomic writes.)
+
     python benchmarks/sb3_baseline.py --env ExpireRL/Corridor-v0 --length 1000 --seed 1 \\
         --total-steps 4000000 --run-dir runs/results/corridor1000-sb3-defaults-ppo-s1
 

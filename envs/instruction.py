@@ -4,6 +4,10 @@ Both implementations live here: :class:`BatchedInstruction` (torch, the fast
 path) and :class:`InstructionEnv` (minigrid, registered as
 ``ExpireRL/Instruction-v0``). Shape legend: B num_envs, N num_objects,
 K instructions per episode (at most), V view size, S room size.
+
+The file is longer than the other tasks' because the two implementations must draw the
+same layouts and instructions, step alike and be read side by side: the equivalence tests
+replay one against the other, and splitting them would hide what has to stay in step.
 """
 
 from __future__ import annotations
