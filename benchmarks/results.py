@@ -35,8 +35,8 @@ from results_grid import (
     RUNS_ROOT,
     TASKS,
     Core,
-    HarnessError,
     Task,
+    exit_status,
     shown_path,
 )
 from results_page import report
@@ -77,16 +77,8 @@ def main(argv: Sequence[str] | None = None, tasks: Sequence[Task] = TASKS,
     if args.command == "run" and args.threads is not None and args.threads < 1:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
-    try:
-        if args.command == "run":
-            return run(args, tasks, cores)
-        return report(args, tasks, cores)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; run again to resume the cell", file=sys.stderr)
-        return 130
+    command = run if args.command == "run" else report
+    return exit_status(lambda: command(args, tasks, cores))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import math
 import shlex
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,24 @@ RUNS_ROOT = ROOT / "runs" / "results"
 
 class HarnessError(RuntimeError):
     """A cell the harness cannot run as declared (the message says why and what to do)."""
+
+
+def exit_status(command: Callable[[], int]) -> int:
+    """``command()``'s exit status, or 2 with one line for a HarnessError and 130 for
+    Ctrl-C (the cell then resumes on the next run)."""
+    try:
+        return command()
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run again to resume the cell", file=sys.stderr)
+        return 130
+
+
+def preset_core(cores: Sequence[Core]) -> Core | None:
+    """The grid's Expire-Span preset core (PPO), if it declares one."""
+    return next((c for c in cores if c.name == "expire_span" and c.algo == "ppo"), None)
 
 
 # -- the grid ----------------------------------------------------------------------------------
@@ -210,8 +228,7 @@ class Planner:
     def __init__(self, records: list[dict[str, Any]], runs_root: Path = RUNS_ROOT,
                  cores: Sequence[Core] = CORES):  # fmt: skip
         self.records, self.runs_root = records, runs_root
-        self.preset_core = next((c for c in cores if c.name == "expire_span" and c.algo == "ppo"),
-                                None)  # fmt: skip
+        self.preset_core = preset_core(cores)
         self._configs: dict[str, Any] = {}
 
     def preset_argv(self, task: Task, seed: int = 1) -> list[str]:

@@ -41,9 +41,10 @@ from results_grid import (
     RUNS_ROOT,
     TASKS,
     Core,
-    HarnessError,
     Task,
+    exit_status,
     matches,
+    preset_core,
     read_records,
     shown_path,
     threads_flag,
@@ -63,11 +64,6 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
         return {"each": [], "median": None, "min": None, "max": None}
     return {"each": list(values), "median": statistics.median(values), "min": min(values),
             "max": max(values)}  # fmt: skip
-
-
-def preset_core(cores: Sequence[Core]) -> Core:
-    """The grid's Expire-Span preset core (PPO)."""
-    return next(core for core in cores if core.name == "expire_span" and core.algo == "ppo")
 
 
 def task_row(task: Task, cores: Sequence[Core], records: list[dict[str, Any]],
@@ -176,29 +172,31 @@ def main(argv: Sequence[str] | None = None, tasks: Sequence[Task] = TASKS,
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
-    if any(seed not in preset_core(cores).seeds for seed in args.seeds):
+    preset = preset_core(cores)
+    if preset is None:
+        print("error: the grid declares no Expire-Span preset core", file=sys.stderr)
+        return 2
+    if any(seed not in preset.seeds for seed in args.seeds):
         print(f"error: --seeds {' '.join(map(str, args.seeds))}: the grid's Expire-Span cells "
-              f"have seeds {' '.join(map(str, preset_core(cores).seeds))}", file=sys.stderr)
+              f"have seeds {' '.join(map(str, preset.seeds))}", file=sys.stderr)
         return 2
     by_label = {task.label: task for task in tasks}
     chosen = [by_label[label] for label in dict.fromkeys(args.tasks)]  # in the order asked
-    status = 0
-    try:
-        if not args.summary_only:
-            key = preset_core(cores).key
-            with progress_on_stderr():
-                for task in chosen:  # one task at a time (the grid would order them by stage)
-                    cells = argparse.Namespace(
-                        cells=[f"{task.label}-{key}-s*"], seeds=args.seeds,
-                        threads=args.threads, dry_run=False, runs_root=args.runs_root,
-                        results=args.results)  # fmt: skip
-                    status = max(status, run(cells, tasks, cores))
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; run again to resume the cell", file=sys.stderr)
-        return 130
+
+    def run_rows() -> int:  # one task at a time (the grid would order them by stage)
+        status = 0
+        with progress_on_stderr():
+            for task in chosen:
+                cells = argparse.Namespace(
+                    cells=[f"{task.label}-{preset.key}-s*"], seeds=args.seeds,
+                    threads=args.threads, dry_run=False, runs_root=args.runs_root,
+                    results=args.results)  # fmt: skip
+                status = max(status, run(cells, tasks, cores))
+        return status
+
+    status = 0 if args.summary_only else exit_status(run_rows)
+    if status in (2, 130):
+        return status
     records = read_records(Path(args.results))
     print(json.dumps(summary(records, chosen, cores, args.seeds, args.threads)), flush=True)
     return status
