@@ -53,6 +53,7 @@ rollout's memories).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,6 +67,53 @@ Tensor = torch.Tensor
 def expire_span_mask(spans: Tensor, distance: Tensor, ramp_length: int) -> Tensor:
     """m = clamp(1 + (e - (t - i)) / R, 0, 1) for spans e and distances t - i (broadcast)."""
     return (1 + (spans - distance) / ramp_length).clamp(0, 1)
+
+
+def expire_span_ramp(spans: Tensor, distance: Tensor, hidden: Tensor, ramp_length: int) -> Tensor:
+    """r = 1 + (e - d) / R, -inf where ``hidden``: [B, N], [B, T, N], [B, T, N] -> [B, T, N]
+    (m = clamp(r, 0, 1))."""
+    ramp = spans[:, None, :] - distance  # [B, T, N] e - (t - i)
+    return ramp.div_(ramp_length).add_(1).masked_fill_(hidden, -math.inf)
+
+
+def expire_span_log_mask(
+    spans: Tensor, distance: Tensor, hidden: Tensor, ramp_length: int
+) -> Tensor:
+    """log m where visible, -inf elsewhere (where m = 0 too): [B, N] spans, [B, T, N]
+    distances and ``hidden`` -> [B, T, N]. Differentiable in ``spans`` (see
+    `ExpireSpanLogMask`); without a gradient to carry it skips autograd's bookkeeping."""
+    if spans.requires_grad:
+        return ExpireSpanLogMask.apply(spans, distance, hidden, ramp_length)
+    return expire_span_ramp(spans, distance, hidden, ramp_length).clamp_(0, 1).log_()
+
+
+class ExpireSpanLogMask(torch.autograd.Function):
+    """log m for visible keys, -inf elsewhere: ([B, N] spans, [B, T, N] distances, [B, T, N]
+    bool ``hidden``, R) -> [B, T, N] log mask, with the gradient to the spans.
+
+    The same numbers, forward and backward, bit for bit, as composing `expire_span_mask`, a
+    ``where`` on visibility and a clamped log under autograd, in fewer passes over [B, T, N]
+    and with one saved tensor: the mask's argument r = 1 + (e - d) / R, -inf where hidden.
+    As a float32, r is either 0 or at least 2^-24 near 0 (r = 1 + y with y in [-1, -1/2] is
+    exact), so log m is never clamped in practice; the backward keeps the autograd chain's
+    conditions anyway: the gradient (dL/dlog m) / (R·r) flows where tiny <= r <= 1 (the
+    ramp, the clamp's edges included)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, spans: Tensor, distance: Tensor, hidden: Tensor, ramp_length: int
+    ) -> Tensor:
+        ramp = expire_span_ramp(spans, distance, hidden, ramp_length)
+        ctx.save_for_backward(ramp)
+        ctx.ramp_length = ramp_length
+        return ramp.clamp(0, 1).log_()  # log 0 = -inf where expired or hidden
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        (ramp,) = ctx.saved_tensors
+        on_ramp = (ramp >= torch.finfo(ramp.dtype).tiny) & (ramp <= 1)
+        grad_ramp = torch.where(on_ramp, grad / ramp, 0).div_(ctx.ramp_length)
+        return grad_ramp.sum(dim=1), None, None, None
 
 
 class SpanPredictor(nn.Module):
@@ -128,11 +176,8 @@ class ExpireSpanCore(TransformerCore):
         num_steps = keys.distance.shape[1]
         spans = features[..., -1]  # [B, N]
         mask_spans = spans if span_limit is None else torch.minimum(spans, span_limit)
-        mask = expire_span_mask(mask_spans[:, None, :], keys.distance, self.ramp_length)
-        attended = keys.visible & (mask > 0)  # [B, T, N]
-        # Clamping before the log keeps the unused branch finite, so no NaN gradient.
-        log_mask = torch.where(attended, mask.clamp(min=torch.finfo(mask.dtype).tiny).log(),
-                               -math.inf)
+        log_mask = expire_span_log_mask(mask_spans, keys.distance, ~keys.visible,
+                                        self.ramp_length)  # [B, T, N]
         alive_next = spans + self.ramp_length > num_steps - keys.position  # m at t = T is > 0
         new_spans = spans[:, -num_steps:]  # [B, T]
         loss = self.span_loss_coef * new_spans.mean()

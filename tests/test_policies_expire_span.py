@@ -8,6 +8,7 @@ import torch
 from test_policies_interface import build, random_obs, random_starts, run_chunks, take
 
 from policies import MemoryPolicy, expire_span_mask
+from policies.expire_span import expire_span_log_mask
 from policies.transformer import relative_position_bucket
 
 TOLERANCE = {"rtol": 0, "atol": 1e-10}
@@ -63,6 +64,42 @@ def test_soft_mask_follows_the_formula() -> None:
         for i, e in enumerate(spans.tolist()):
             expected = min(max(1 + (e - distance) / 4, 0.0), 1.0)
             assert mask[i].item() == expected
+
+
+def composed_log_mask(
+    spans: torch.Tensor, distance: torch.Tensor, visible: torch.Tensor, ramp_length: int
+) -> torch.Tensor:
+    """The log mask as plain autograd ops: m, then log m where visible and m > 0."""
+    mask = expire_span_mask(spans[:, None, :], distance, ramp_length)
+    attended = visible & (mask > 0)
+    return torch.where(attended, mask.clamp(min=torch.finfo(mask.dtype).tiny).log(), -math.inf)
+
+
+def test_fused_log_mask_is_the_composed_ops_bit_for_bit() -> None:
+    generator = torch.Generator().manual_seed(3)
+    batch, steps, keys, ramp = 4, 9, 30, 8
+    # Spans around the distances, with exact hits on the ramp's ends (m = 0 and m = 1 exactly)
+    # and saturated spans.
+    spans = torch.rand(batch, keys, generator=generator) * 40
+    spans[:, :6] = torch.tensor([0.0, 8.0, 16.0, 40.0, 7.5, 1.0])
+    distance = torch.randint(0, 40, (batch, steps, keys), generator=generator)
+    distance[:, :, :6] = torch.tensor([8, 8, 16, 40, 0, 9])
+    visible = torch.rand(batch, steps, keys, generator=generator) < 0.8
+    upstream = torch.randn(batch, steps, keys, generator=generator)
+    results = []
+    for log_mask_of in (composed_log_mask,
+                        lambda e, d, v, r: expire_span_log_mask(e, d, ~v, r)):
+        leaf = spans.clone().requires_grad_()
+        log_mask = log_mask_of(leaf, distance, visible, ramp)
+        # -inf entries take no gradient; elsewhere the upstream gradient
+        (torch.where(log_mask.isfinite(), log_mask, 0) * upstream).sum().backward()
+        results.append((log_mask.detach(), leaf.grad))
+    (composed, composed_grad), (fused, fused_grad) = results
+    assert torch.equal(composed, fused)
+    assert torch.equal(composed_grad, fused_grad)
+    with torch.no_grad():  # the path without autograd
+        assert torch.equal(expire_span_log_mask(spans, distance, ~visible, ramp), composed)
+    assert (composed_grad != 0).any() and torch.isinf(composed).any()
 
 
 def test_chunked_core_matches_the_paper_formulas() -> None:
