@@ -165,6 +165,40 @@ def egocentric_view(image: Tensor) -> Tensor:
     return cells.gather(-2, index[..., None].expand(*index.shape, 3)).view(image.shape)
 
 
+class _LookupRows(torch.autograd.Function):
+    """``weight[index]`` whose weight gradient is one ``index_add_``: the same sums in the
+    same order as torch's embedding backward, which on CPU adds index by index in a slower
+    loop (about 8x index_add_'s time on the cells of a corridor minibatch: docs/experiments.md,
+    Performance)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.num_rows = weight.shape[0]
+        return nn.functional.embedding(index, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        grad = grad.reshape(-1, grad.shape[-1])  # [K, E] one row per looked-up index
+        weight_grad = grad.new_zeros(ctx.num_rows, grad.shape[1])
+        return weight_grad.index_add_(0, index.reshape(-1), grad), None
+
+
+class Embedding(nn.Embedding):
+    """`nn.Embedding` (same parameters, same numbers) with a faster weight gradient on CPU
+    (see `_LookupRows`); on other devices, and with any of nn.Embedding's options, torch's
+    own backward."""
+
+    def forward(self, index: Tensor) -> Tensor:
+        plain = (self.padding_idx is None and self.max_norm is None
+                 and not self.scale_grad_by_freq and not self.sparse)
+        if (plain and self.weight.requires_grad and index.device.type == "cpu"
+                and torch.is_grad_enabled()):
+            return _LookupRows.apply(self.weight, index)
+        return super().forward(index)
+
+
 class MinigridCellEmbedding(nn.Module):
     """[T, B, H, W, 3] uint8 cells -> [T, B, H·W·E]: summed object, colour, state embeddings
     (of the window turned to the agent's heading first, if ``egocentric``)."""
@@ -174,9 +208,9 @@ class MinigridCellEmbedding(nn.Module):
         if egocentric and height != width:
             raise ValueError(f"an egocentric view needs a square window, got {height} x {width}")
         self.egocentric = egocentric
-        self.object = nn.Embedding(NUM_OBJECTS, embed_dim)
-        self.color = nn.Embedding(NUM_COLORS, embed_dim)
-        self.state = nn.Embedding(NUM_STATES, embed_dim)
+        self.object = Embedding(NUM_OBJECTS, embed_dim)
+        self.color = Embedding(NUM_COLORS, embed_dim)
+        self.state = Embedding(NUM_STATES, embed_dim)
         self.out_dim = height * width * embed_dim
 
     def forward(self, image: Tensor) -> Tensor:
@@ -194,7 +228,7 @@ class TokenEmbedding(nn.Module):
     def __init__(self, space: gym.spaces.Discrete, embed_dim: int) -> None:
         super().__init__()
         self.start = int(space.start)
-        self.embedding = nn.Embedding(int(space.n), embed_dim)
+        self.embedding = Embedding(int(space.n), embed_dim)
         self.out_dim = embed_dim
 
     def forward(self, token: Tensor) -> Tensor:
@@ -212,7 +246,7 @@ class MultiTokenEmbedding(nn.Module):
         offsets = torch.cumsum(sizes, 0) - sizes
         start = torch.as_tensor(space.start.flatten(), dtype=torch.long)
         self.register_buffer("shift", offsets - start, persistent=False)
-        self.embedding = nn.Embedding(int(sizes.sum()), embed_dim)
+        self.embedding = Embedding(int(sizes.sum()), embed_dim)
         self.out_dim = len(sizes) * embed_dim
 
     def forward(self, tokens: Tensor) -> Tensor:

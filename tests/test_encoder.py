@@ -13,7 +13,7 @@ import envs
 from envs.core import image_space
 from envs.last_step import LastStepEnv
 from policies import ObservationEncoder, make_policy
-from policies.encoder import SINGLE_KEY, flatten_observation, flatten_space
+from policies.encoder import SINGLE_KEY, Embedding, flatten_observation, flatten_space
 
 T, B = 3, 2
 SIZES = {"d_model": 8, "hidden": 16, "cell_embed_dim": 4, "token_embed_dim": 4}
@@ -167,3 +167,22 @@ def test_unreadable_spaces_are_refused_by_name(space: gym.Space, message: str):
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="has no field"):
         seeded_encoder(gym.spaces.Dict({}))
+
+
+def test_embedding_gradient_is_torch_embeddings_bit_for_bit() -> None:
+    # Over 3072 indices: torch's CPU backward then takes its own loop instead of index_add_.
+    generator = torch.Generator().manual_seed(4)
+    index = torch.randint(0, 11, (64, 16, 3, 3), generator=generator)
+    upstream = torch.randn(64, 16, 3, 3, 8, generator=generator)
+    ours, reference = Embedding(11, 8), torch.nn.Embedding(11, 8)
+    reference.load_state_dict(ours.state_dict())
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            for table in (ours, reference):
+                table.zero_grad()
+                (table(index) * upstream).sum().backward()
+        finally:
+            torch.set_num_threads(1)  # the suite's setting (conftest)
+        assert torch.equal(ours(index), reference(index))
+        assert torch.equal(ours.weight.grad, reference.weight.grad)
