@@ -69,49 +69,53 @@ def expire_span_mask(spans: Tensor, distance: Tensor, ramp_length: int) -> Tenso
     return (1 + (spans - distance) / ramp_length).clamp(0, 1)
 
 
-def expire_span_ramp(spans: Tensor, distance: Tensor, hidden: Tensor, ramp_length: int) -> Tensor:
-    """r = 1 + (e - d) / R, -inf where ``hidden``: [B, N], [B, T, N], [B, T, N] -> [B, T, N]
-    (m = clamp(r, 0, 1))."""
-    ramp = spans[:, None, :] - distance  # [B, T, N] e - (t - i)
-    return ramp.div_(ramp_length).add_(1).masked_fill_(hidden, -math.inf)
-
-
 def expire_span_log_mask(
-    spans: Tensor, distance: Tensor, hidden: Tensor, ramp_length: int
+    spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int
 ) -> Tensor:
-    """log m where visible, -inf elsewhere (where m = 0 too): [B, N] spans, [B, T, N]
-    distances and ``hidden`` -> [B, T, N]. Differentiable in ``spans`` (see
-    `ExpireSpanLogMask`); without a gradient to carry it skips autograd's bookkeeping."""
+    """log m where ``visible`` and m > 0, -inf elsewhere: [B, N] spans, [B, T, N] distances
+    and ``visible`` -> [B, T, N]. Differentiable in ``spans`` (see `ExpireSpanLogMask`);
+    without a gradient to carry it skips autograd's bookkeeping."""
     if spans.requires_grad:
-        return ExpireSpanLogMask.apply(spans, distance, hidden, ramp_length)
-    return expire_span_ramp(spans, distance, hidden, ramp_length).clamp_(0, 1).log_()
+        return ExpireSpanLogMask.apply(spans, distance, visible, ramp_length)
+    return _log_mask(spans, distance, visible, ramp_length)[0]
+
+
+def _log_mask(
+    spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(log mask, r, attended): r = 1 + (e - d) / R is the mask's argument (m = clamp(r, 0,
+    1)); a key is attended where visible and m > 0."""
+    ramp = (spans[:, None, :] - distance).div_(ramp_length).add_(1)  # [B, T, N]
+    mask = ramp.clamp(0, 1)
+    attended = visible & (mask > 0)
+    # Clamped so that the log never sees a 0 (on CPU ten times slower than a positive number).
+    log_mask = torch.where(attended, mask.clamp_(min=torch.finfo(mask.dtype).tiny).log_(),
+                           -math.inf)
+    return log_mask, ramp, attended
 
 
 class ExpireSpanLogMask(torch.autograd.Function):
-    """log m for visible keys, -inf elsewhere: ([B, N] spans, [B, T, N] distances, [B, T, N]
-    bool ``hidden``, R) -> [B, T, N] log mask, with the gradient to the spans.
+    """`expire_span_log_mask` with its gradient to the spans, in one step.
 
     The same numbers, forward and backward, bit for bit, as composing `expire_span_mask`, a
-    ``where`` on visibility and a clamped log under autograd, in fewer passes over [B, T, N]
-    and with one saved tensor: the mask's argument r = 1 + (e - d) / R, -inf where hidden.
-    As a float32, r is either 0 or at least 2^-24 near 0 (r = 1 + y with y in [-1, -1/2] is
-    exact), so log m is never clamped in practice; the backward keeps the autograd chain's
-    conditions anyway: the gradient (dL/dlog m) / (R·r) flows where tiny <= r <= 1 (the
-    ramp, the clamp's edges included)."""
+    ``where`` and a clamped log under autograd, whose backward retraces each op (about three
+    times this backward's time on a corridor minibatch). The gradient (dL/dlog m) / (R·r)
+    flows where the key is attended and r <= 1 (the ramp, its upper edge included; as a
+    float32, r is either 0 or at least 2^-24 near 0, so attended keys have m = r >= tiny)."""
 
     @staticmethod
     def forward(
-        ctx: Any, spans: Tensor, distance: Tensor, hidden: Tensor, ramp_length: int
+        ctx: Any, spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int
     ) -> Tensor:
-        ramp = expire_span_ramp(spans, distance, hidden, ramp_length)
-        ctx.save_for_backward(ramp)
+        log_mask, ramp, attended = _log_mask(spans, distance, visible, ramp_length)
+        ctx.save_for_backward(ramp, attended)
         ctx.ramp_length = ramp_length
-        return ramp.clamp(0, 1).log_()  # log 0 = -inf where expired or hidden
+        return log_mask
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        (ramp,) = ctx.saved_tensors
-        on_ramp = (ramp >= torch.finfo(ramp.dtype).tiny) & (ramp <= 1)
+        ramp, attended = ctx.saved_tensors
+        on_ramp = attended & (ramp <= 1)
         grad_ramp = torch.where(on_ramp, grad / ramp, 0).div_(ctx.ramp_length)
         return grad_ramp.sum(dim=1), None, None, None
 
@@ -176,7 +180,7 @@ class ExpireSpanCore(TransformerCore):
         num_steps = keys.distance.shape[1]
         spans = features[..., -1]  # [B, N]
         mask_spans = spans if span_limit is None else torch.minimum(spans, span_limit)
-        log_mask = expire_span_log_mask(mask_spans, keys.distance, ~keys.visible,
+        log_mask = expire_span_log_mask(mask_spans, keys.distance, keys.visible,
                                         self.ramp_length)  # [B, T, N]
         alive_next = spans + self.ramp_length > num_steps - keys.position  # m at t = T is > 0
         new_spans = spans[:, -num_steps:]  # [B, T]
