@@ -57,9 +57,10 @@ equal-work ratio on this machine.
 
 ``--trxl-window N`` (either mode) also times ours with the Expire-Span preset (from
 ``--from-run``'s weights if given) and with Transformer-XL of window N, at ``--num-envs``
-envs: ``equal_memory`` in the JSON line, with ``expire_span_cost_vs_trxl`` (Expire-Span's
-time per step ÷ Transformer-XL's). Set N to the Expire-Span run's final alive count to
-compare them at equal memory.
+envs, the two trained update by update in turn for ``--seconds`` each: ``equal_memory`` in
+the JSON line, with ``expire_span_cost_vs_trxl`` (Expire-Span's time per step ÷
+Transformer-XL's). Set N to the Expire-Span run's final alive count to compare them at
+equal memory.
 
 The measurements live beside this file: our side in ``train_throughput_ours.py``,
 sb3-contrib's in ``train_throughput_sb3.py``; this file holds the flags, the modes that set
@@ -94,7 +95,12 @@ from envs.core import check_int
 
 # isort: split
 # The benchmark's other modules, beside this file (a script's folder is on sys.path).
-from train_throughput_ours import benchmark_config, ours_steps_per_second, trained_weights
+from train_throughput_ours import (
+    benchmark_config,
+    ours_interleaved,
+    ours_steps_per_second,
+    trained_weights,
+)
 from train_throughput_sb3 import sb3_default_model, sb3_equal_work_model, sb3_steps_per_second
 
 TARGET_RATIO = 100.0
@@ -172,18 +178,16 @@ def sgemm_gflops(size: int = 2048, repeats: int = 3) -> float:
 
 
 # --- the measurements -------------------------------------------------------------------
-def equal_memory(args: TrainThroughputArgs, weights: dict[str, Any] | None,
-                 expire_span: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
-    """Ours with Expire-Span (``expire_span`` if already measured) and with Transformer-XL
-    of window ``--trxl-window``, at ``--num-envs`` envs on CPU."""
-    if expire_span is None:
-        config = benchmark_config(args.length, "cpu", args.num_envs, args.threads)
-        expire_span = ours_steps_per_second(config, args.seconds, args.warmup_updates, weights)
-    config = benchmark_config(args.length, "cpu", args.num_envs, args.threads, "trxl",
-                              args.trxl_window)  # fmt: skip
-    trxl = ours_steps_per_second(config, args.seconds, args.warmup_updates)
+def equal_memory(args: TrainThroughputArgs, weights: dict[str, Any] | None) -> dict[str, Any]:
+    """Ours with Expire-Span and with Transformer-XL of window ``--trxl-window``, at
+    ``--num-envs`` envs on CPU, timed update by update in turn (see `ours_interleaved`)."""
+    runs = [(benchmark_config(args.length, "cpu", args.num_envs, args.threads), weights),
+            (benchmark_config(args.length, "cpu", args.num_envs, args.threads, "trxl",
+                              args.trxl_window), None)]  # fmt: skip
+    expire_span, trxl = ours_interleaved(runs, args.seconds, args.warmup_updates)
     return {
         "trxl_window": args.trxl_window,
+        "interleaved": True,
         "expire_span": expire_span,
         "trxl": trxl,
         "expire_span_cost_vs_trxl": round(trxl["steps_per_s"] / expire_span["steps_per_s"], 3),
@@ -359,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(default_mode(args, weights))
     result["equal_memory"] = None
     if args.trxl_window is not None:
-        ours = result.get("ours")
-        reuse = ours if isinstance(ours, dict) and ours["policy"] == "expire_span" else None
-        result["equal_memory"] = equal_memory(args, weights, reuse)
+        result["equal_memory"] = equal_memory(args, weights)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -10,11 +10,13 @@ untimed, update counts its matrix-multiply FLOPs per env step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -142,34 +144,34 @@ class OursLoop:
                 return end.since(start)
 
 
-def ours_steps_per_second(
-    config: TrainConfig,
-    seconds: float,
-    warmup_updates: int | None = None,
-    weights: dict[str, Any] | None = None,
-    count_flops: bool = True,
-) -> dict[str, Any]:
-    """Train ``config`` for ``seconds`` after a warm-up; steps/s of the whole loop. With
-    ``weights`` (see `trained_weights`) the policy starts from a trained agent."""
+@contextlib.contextmanager
+def _timed_loop(config: TrainConfig, weights: dict[str, Any] | None) -> Iterator[OursLoop]:
+    """A trainer for ``config`` (from ``weights`` if given) in a throwaway run directory."""
     config = copy.deepcopy(config)
     learner_config = config.learner
     steps_per_update = learner_config.num_envs * learner_config.num_steps
     # The preset's total only sets the learning-rate schedule; keep it unless it is too small.
     learner_config.total_steps = max(learner_config.total_steps, 1000 * steps_per_update)
-    if warmup_updates is None:
-        warmup_updates = default_warmup_updates(config)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, RunDir.create(Path(tmp) / "run", config), progress=False)
         if weights is not None:
             trainer.policy.load_state_dict(weights)
-        loop = OursLoop(trainer)
-        span = loop.measure(warmup_updates, seconds)
-        alive = trainer.collector.last_output.memory_alive.float()  # [B, L]; L = 0 for lstm
-        flops = None
-        if count_flops:
-            with FlopCounterMode(display=False) as counter:  # one more update, untimed
-                loop.update()
-            flops = round(counter.get_total_flops() / steps_per_update / 1e6, 3)
+        yield OursLoop(trainer)
+
+
+def _measurement(
+    loop: OursLoop, span: Clock, warmup_updates: int, trained: bool, count_flops: bool
+) -> dict[str, Any]:
+    """The JSON fields of one timed loop (and its FLOPs per step, counted over one more,
+    untimed, update)."""
+    trainer = loop.trainer
+    config, learner_config = trainer.config, trainer.config.learner
+    alive = trainer.collector.last_output.memory_alive.float()  # [B, L]; L = 0 for lstm
+    flops = None
+    if count_flops:
+        with FlopCounterMode(display=False) as counter:
+            loop.update()
+        flops = round(counter.get_total_flops() / loop.steps_per_update / 1e6, 3)
     return {
         "steps_per_s": round(span.steps / span.time, 1),
         "device": str(trainer.device),
@@ -180,9 +182,9 @@ def ours_steps_per_second(
         "policy": config.policy,
         "policy_kwargs": config.policy_kwargs,
         "algo": learner_config.algo,
-        "trained_weights": weights is not None,
+        "trained_weights": trained,
         "warmup_updates": warmup_updates,
-        "measured_updates": span.steps // steps_per_update,
+        "measured_updates": span.steps // loop.steps_per_update,
         "measured_steps": span.steps,
         "seconds": round(span.time, 2),
         "rollout_fraction": round(span.rollout_s / span.time, 3),
@@ -191,6 +193,52 @@ def ours_steps_per_second(
         "mem_alive_max": int(alive.max().item()) if alive.numel() else None,
         "matmul_mflop_per_step": flops,
     }
+
+
+def ours_steps_per_second(
+    config: TrainConfig,
+    seconds: float,
+    warmup_updates: int | None = None,
+    weights: dict[str, Any] | None = None,
+    count_flops: bool = True,
+) -> dict[str, Any]:
+    """Train ``config`` for ``seconds`` after a warm-up; steps/s of the whole loop. With
+    ``weights`` (see `trained_weights`) the policy starts from a trained agent."""
+    if warmup_updates is None:
+        warmup_updates = default_warmup_updates(config)
+    with _timed_loop(config, weights) as loop:
+        span = loop.measure(warmup_updates, seconds)
+        return _measurement(loop, span, warmup_updates, weights is not None, count_flops)
+
+
+def ours_interleaved(
+    runs: Sequence[tuple[TrainConfig, dict[str, Any] | None]],
+    seconds: float,
+    warmup_updates: int | None = None,
+) -> list[dict[str, Any]]:
+    """Each (config, weights) of ``runs`` trained update by update in turn, after their
+    warm-ups, until each has been busy for ``seconds``: steps/s over each loop's own time
+    (its rollouts and updates). Alternating puts every loop through the same spells of a
+    noisy machine, so their ratio holds where two runs one after the other differ by 10 %."""
+    with contextlib.ExitStack() as stack:
+        loops = [stack.enter_context(_timed_loop(config, weights)) for config, weights in runs]
+        warmups = [default_warmup_updates(config) if warmup_updates is None else warmup_updates
+                   for config, _ in runs]  # fmt: skip
+        for loop, warmup in zip(loops, warmups, strict=True):
+            for _ in range(warmup):
+                loop.update()
+        starts = [loop.clock() for loop in loops]
+        while True:
+            for loop in loops:
+                loop.update()
+            spans = [loop.clock().since(start) for loop, start in zip(loops, starts, strict=True)]
+            # Each loop's time is its own rollouts and updates, not the wall time between.
+            spans = [span._replace(time=span.rollout_s + span.update_s) for span in spans]
+            if min(span.time for span in spans) >= seconds:
+                break
+        return [_measurement(loop, span, warmup, weights is not None, count_flops=True)
+                for loop, span, warmup, (_, weights) in zip(loops, spans, warmups, runs,
+                                                            strict=True)]  # fmt: skip
 
 
 def trained_weights(path: str, length: int) -> dict[str, Any]:

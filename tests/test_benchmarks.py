@@ -204,9 +204,15 @@ def test_default_line_sets_ours_against_sb3_defaults_and_trxl_at_equal_memory(ca
     share = ours["steps_per_s"] * ours["matmul_mflop_per_step"] / 1e3 / line["cpu_sgemm_gflops"]
     assert ours["matmul_share_of_sgemm"] == pytest.approx(share, rel=0.02, abs=1e-3)
     equal_memory = line["equal_memory"]
-    assert equal_memory["trxl_window"] == 4
-    assert equal_memory["expire_span"] == line["ours"]  # measured once
+    assert equal_memory["trxl_window"] == 4 and equal_memory["interleaved"]
+    assert equal_memory["expire_span"]["policy"] == "expire_span"
     assert equal_memory["trxl"]["policy"] == "trxl"
     assert equal_memory["trxl"]["policy_kwargs"]["memory_size"] == 4
-    assert equal_memory["trxl"]["num_envs"] == 4
-    assert equal_memory["expire_span_cost_vs_trxl"] > 0
+    for side in ("expire_span", "trxl"):
+        measured = equal_memory[side]
+        assert measured["num_envs"] == 4 and measured["measured_updates"] >= 1
+        # Each side's time is its own rollouts and updates (nothing else in between).
+        assert measured["time_shares"]["other"] == pytest.approx(0, abs=1e-3)
+        check_shares(measured["time_shares"])
+    cost = equal_memory["trxl"]["steps_per_s"] / equal_memory["expire_span"]["steps_per_s"]
+    assert equal_memory["expire_span_cost_vs_trxl"] == pytest.approx(cost, rel=1e-2)
