@@ -104,7 +104,7 @@ def test_report_means_intervals_claim_and_not_run_rows(tmp_path):
     assert ("| Transformer-XL, window = Expire-Span's memories alive (M = 41) | 2 (torch's "
             "choice) | 0 / 3 | 0.500 [0.500, 0.500] | not solved at budget (4.00M) |") in page
     assert "| LSTM |  | not run (0 of 3 seeds) |" in page
-    assert "**Holds.** Expire-Span (the preset) meets the bar" in page
+    assert "**Holds.** As typed (torch's default threads), Expire-Span (the preset) meets" in page
     assert "in 4 of 5 runs" in page and "(equal memory) in 0 of 3" in page
     assert "no published figure was found for this task" in page
     assert (tmp_path / "results" / "corridor1000.png").is_file()
@@ -141,6 +141,10 @@ def test_claim_fails_and_waits_as_the_cells_say(tmp_path):
     assert ("**Does not hold**: Transformer-XL at equal memory meets it too."
             in report(tmp_path))  # fmt: skip
     write_records(tmp_path / "results" / "cells.jsonl", records[:4])
+    assert "**Not yet measured**: 4 of 5 Expire-Span seeds and 0 of 3" in report(tmp_path)
+    # A --threads 1 run of the fifth seed is a variant, not the command as typed.
+    variant = {**records[4], "threads": 1, "threads_given": True}
+    write_records(tmp_path / "results" / "cells.jsonl", [*records[:4], variant])
     assert "**Not yet measured**: 4 of 5 Expire-Span seeds and 0 of 3" in report(tmp_path)
 
 
