@@ -64,9 +64,14 @@ from policies.transformer import KeyLayout, LayerMask, TransformerCore
 Tensor = torch.Tensor
 
 
+def expire_span_ramp(spans: Tensor, distance: Tensor, ramp_length: int) -> Tensor:
+    """r = 1 + (e - (t - i)) / R for spans e and distances t - i (broadcast); m = clamp(r, 0, 1)."""
+    return (spans - distance).div_(ramp_length).add_(1)
+
+
 def expire_span_mask(spans: Tensor, distance: Tensor, ramp_length: int) -> Tensor:
     """m = clamp(1 + (e - (t - i)) / R, 0, 1) for spans e and distances t - i (broadcast)."""
-    return (1 + (spans - distance) / ramp_length).clamp(0, 1)
+    return expire_span_ramp(spans, distance, ramp_length).clamp(0, 1)
 
 
 def expire_span_log_mask(
@@ -85,7 +90,7 @@ def _log_mask(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(log mask, r, attended): r = 1 + (e - d) / R is the mask's argument (m = clamp(r, 0,
     1)); a key is attended where visible and m > 0."""
-    ramp = (spans[:, None, :] - distance).div_(ramp_length).add_(1)  # [B, T, N]
+    ramp = expire_span_ramp(spans[:, None, :], distance, ramp_length)  # [B, T, N]
     mask = ramp.clamp(0, 1)
     attended = visible & (mask > 0)
     # Clamped so that the log never sees a 0 (on CPU ten times slower than a positive number).
