@@ -141,10 +141,11 @@ def row_cells(row: Row, glance: bool = False) -> list[str]:
     declared = len(core.seeds)
     if not records:
         reason = core.reason_not_run(row.task)
-        because = f": {reason}" if reason else ""
         if glance:
-            return [f"not run{because}"]
-        return [row_title(row), "", f"not run (0 of {declared} seeds){because}", *[""] * 5]
+            return [f"not run: {reason}" if reason else "not run yet"]
+        seeds = f"(0 of {declared} seeds)"
+        state = f"not run {seeds}: {reason}" if reason else f"not run yet {seeds}"
+        return [row_title(row), "", state, *[""] * 5]
     solved = [r for r in records if r["solved"]]
     count = f"{len(solved)} / {len(records)}"
     if len(records) < declared:
@@ -300,6 +301,13 @@ INTRO = (
     "env's time limit."
 )
 
+NOT_RUN_YET = (
+    '"Not run yet": declared and waiting its turn. The grid is filled over many sittings, '
+    "one run at a time on a 2-core CPU; "
+    "`python benchmarks/results.py run --cells ID` runs a cell (`--dry-run` lists them with "
+    'their commands). "Not run: ..." gives the reason a cell is declared but not run.'
+)
+
 
 def glance_table(tasks: Sequence[Task], cores: Sequence[Core],
                  table: dict[str, list[Row]]) -> list[str]:  # fmt: skip
@@ -347,7 +355,7 @@ def render_page(records: list[dict[str, Any]], page: Path, results: Path,
              f"hand. {INTRO}", "",
              "## The paper's claim: corridor 1000 at equal memory", "",
              claim_text(records, tasks, cores), "", "## At a glance", "",
-             *glance_table(tasks, cores, table), ""]  # fmt: skip
+             *glance_table(tasks, cores, table), "", NOT_RUN_YET, ""]  # fmt: skip
     for task in tasks:
         plot = draw_curves(task, table[task.label], results.parent / f"{task.label}.png")
         lines += task_section(task, table[task.label], plot, page)

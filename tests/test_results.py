@@ -103,7 +103,7 @@ def test_report_means_intervals_claim_and_not_run_rows(tmp_path):
     assert "`python train_rl.py --env corridor --seed S --run-dir RUN`, then " in es_row
     assert ("| Transformer-XL, window = Expire-Span's memories alive (M = 41) | 2 (torch's "
             "choice) | 0 / 3 | 0.500 [0.500, 0.500] | not solved at budget (4.00M) |") in page
-    assert "| LSTM |  | not run (0 of 3 seeds) |" in page
+    assert "| LSTM |  | not run yet (0 of 3 seeds) |" in page
     assert "**Holds.** As typed (torch's default threads), Expire-Span (the preset) meets" in page
     assert "in 4 of 5 runs" in page and "(equal memory) in 0 of 3" in page
     assert "no published figure was found for this task" in page
