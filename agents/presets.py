@@ -130,6 +130,9 @@ def _corridor(learner: dict[str, Any], policy_kwargs: dict[str, Any],
         learner.update(ent_coef=0.001, learning_rate=1e-4)
         if length >= CURRICULUM_FROM:
             learner.update(ent_coef_final=0.0003)
+        if length >= FEW_MEMORIES_FROM:
+            # PPO's budget there: seed 2 needed 3.85M steps (docs/experiments.md#impala).
+            learner.update(total_steps=max(4_000_000, 4_000 * length))
     # Initial spans must cover the walk to the junction (about length / p(forward)).
     policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
 

@@ -354,6 +354,10 @@ def test_corridor_preset_sets_each_learners_entropy_and_flags_override_it(
 
     learner = resolve(TrainArgs(env="corridor", length=100, algo=algo)).learner
     assert (learner.ent_coef, learner.ent_coef_final) == (start, final)
+    assert learner.total_steps == 2_000_000
+    # Long corridors: the same budget for both learners.
+    assert resolve(TrainArgs(env="corridor", length=1000, algo=algo)).learner.total_steps == (
+        4_000_000)  # fmt: skip
     assert learner.learning_rate == rate
     flags = {"ent_coef": 0.02, "learning_rate": 3e-4}
     learner = resolve(TrainArgs(env="corridor", length=100, algo=algo, **flags)).learner
