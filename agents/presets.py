@@ -95,6 +95,11 @@ def preset(
     return learner, policy_kwargs
 
 
+def _long_corridor_steps(length: int) -> int:
+    """The step budget of corridors of `FEW_MEMORIES_FROM` cells or more."""
+    return max(4_000_000, 4_000 * length)
+
+
 def _corridor(learner: dict[str, Any], policy_kwargs: dict[str, Any],
               task_kwargs: dict[str, Any], policy: str, algo: str) -> None:  # fmt: skip
     """The corridor's preset (docs/experiments.md#corridor)."""
@@ -120,7 +125,7 @@ def _corridor(learner: dict[str, Any], policy_kwargs: dict[str, Any],
     if trains_few_memories("corridor", task_kwargs, policy, algo):
         # Few memories alive: the spans trained down (span lr x0.1, R = 8), with a tenth of
         # the episodes at the full length so the cue's span is defended there.
-        learner.update(span_lr_scale=0.1, total_steps=max(4_000_000, 4_000 * length))
+        learner.update(span_lr_scale=0.1, total_steps=_long_corridor_steps(length))
         policy_kwargs.update(ramp_length=8)
         if task_kwargs.get("min_length", length) < length:  # random lengths
             learner.update(curriculum_full_fraction=0.1)
@@ -132,7 +137,7 @@ def _corridor(learner: dict[str, Any], policy_kwargs: dict[str, Any],
             learner.update(ent_coef_final=0.0003)
         if length >= FEW_MEMORIES_FROM:
             # PPO's budget there: seed 2 needed 3.85M steps (docs/experiments.md#impala).
-            learner.update(total_steps=max(4_000_000, 4_000 * length))
+            learner.update(total_steps=_long_corridor_steps(length))
     # Initial spans must cover the walk to the junction (about length / p(forward)).
     policy_kwargs.update(max_span=3 * length + 16, forward_bias=1.0)
 
