@@ -69,13 +69,15 @@ class MemoryPanel:
         self.salient_name = salient_name
         self.max_span = float(getattr(config, "max_span", 0) or 0)
         self.ramp = float(getattr(config, "ramp_length", 1) or 1)
+        self.ramp_growth = float(getattr(config, "ramp_growth", 0.0) or 0.0)
         self.window = float(getattr(config, "memory_size", 0) or 0)
         self.plot_width = width - LABEL_WIDTH - SCALE_WIDTH
         self.height = PANEL_TITLE_HEIGHT + num_layers * (STRIP_HEIGHT + TICK_HEIGHT + STRIP_GAP)
         self.height += 14  # the timeline's axis labels
         self.values = np.zeros((max_steps + 2, num_layers), dtype=np.float32)  # spans or norms
         self.salient = np.zeros((max_steps + 2, 3), dtype=np.int16) - 1  # [T, 3] colour or -1
-        self.kept: list[tuple[np.ndarray, np.ndarray]] = []  # per layer: steps, remaining
+        # Per layer: steps, remaining (span - age) and ramp length (Expire-Span) of each memory.
+        self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.alive = np.zeros(num_layers, dtype=np.int64)  # [L] memories kept, from the policy
         self.step = 0
 
@@ -105,17 +107,20 @@ class MemoryPanel:
             steps = t + 1 - age  # the episode step each kept memory was made at
             if self.kind == "expire_span":
                 remaining = self.values[steps, layer] - age
-                alive = remaining + self.ramp > 0  # without pruning, expired slots stay valid
-                steps, remaining = steps[alive], remaining[alive]
+                ramp = self.ramp + self.ramp_growth * self.values[steps, layer]
+                alive = remaining + ramp > 0  # without pruning, expired slots stay valid
+                steps, remaining, ramp = steps[alive], remaining[alive], ramp[alive]
             else:
                 remaining = self.window - age
-            self.kept.append((steps, remaining))
+                ramp = np.zeros_like(remaining)
+            self.kept.append((steps, remaining, ramp))
 
     # -- drawing --
     def _height(self, steps_left: np.ndarray) -> np.ndarray:
         """Bar heights as fractions of the strip for memories with ``steps_left`` steps left
         (logarithmic: a few steps left already show, L_max fills the strip)."""
-        longest = self.max_span + self.ramp if self.kind == "expire_span" else self.window
+        longest = (self.max_span * (1 + self.ramp_growth) + self.ramp
+                   if self.kind == "expire_span" else self.window)  # fmt: skip
         return np.log1p(np.clip(steps_left, 0, None)) / math.log1p(max(longest, 1.0))
 
     def _bars(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,12 +131,12 @@ class MemoryPanel:
             fraction = norms / max(float(norms.max()), 1e-6)
             colors = PLAIN_LOW + fraction[:, None] * (PLAIN_HIGH - PLAIN_LOW)
             return steps, fraction, colors.astype(np.uint8)
-        steps, remaining = self.kept[layer]
-        left = remaining + self.ramp if self.kind == "expire_span" else remaining
+        steps, remaining, ramp = self.kept[layer]
+        left = remaining + ramp
         fraction = self._height(left)
         colors = (PLAIN_LOW + fraction[:, None] * (PLAIN_HIGH - PLAIN_LOW)).astype(np.uint8)
         # m of the next query: 1 before the ramp, falling to 0 along it (trxl: always 1).
-        mask = np.clip(1 + remaining / self.ramp, 0, 1) if self.kind == "expire_span" else 1.0
+        mask = np.clip(1 + remaining / ramp, 0, 1) if self.kind == "expire_span" else 1.0
         fading = remaining < 0
         colors[fading] = FADING
         salient = self.salient[steps, 0] >= 0
@@ -188,12 +193,12 @@ class MemoryPanel:
     ) -> tuple[int, int, str] | None:
         """The label of the layer's longest-kept salient memory, beside its bar (columns
         ``left`` .. ``right`` of each kept memory), or None."""
-        steps, remaining = self.kept[layer]
+        steps, remaining, ramp = self.kept[layer]
         salient = np.nonzero(self.salient[steps, 0] >= 0)[0]
         if self.kind != "expire_span" or len(salient) == 0:
             return None
         k = salient[np.argmax(remaining[salient])]
-        steps_left = remaining[k] + self.ramp
+        steps_left = remaining[k] + ramp[k]
         text = f"{self.salient_name} (step {steps[k]}): {steps_left:.0f} steps left"
         height = float(self._height(np.array([steps_left]))[0])
         y = top + min(max(int(STRIP_HEIGHT * (1 - height)) - 2, 0), STRIP_HEIGHT - 14)

@@ -17,7 +17,8 @@ import tyro
 from agents.cli import task_flags
 
 POLICY_FLAGS = (
-    "d_model", "num_layers", "num_heads", "max_span", "ramp_length", "span_init",
+    "d_model", "num_layers", "num_heads", "max_span", "ramp_length", "ramp_growth",
+    "span_init",
     "span_loss_coef", "memory_size", "gating", "egocentric",
 )  # fmt: skip
 """The flags that set the policy's config (`policies.config`), each for the cores that have it."""
@@ -62,6 +63,8 @@ class TrainArgs(TaskFlags):  # type: ignore[misc, valid-type]
     """Expire-Span L_max (corridor preset: 3 x length + 16)."""
     ramp_length: PresetInt = None
     """Expire-Span ramp R."""
+    ramp_growth: PresetFloat = None
+    """Expire-Span ramp growth rho: the ramp is R + rho x span (0: a fixed R)."""
     span_init: PresetFloat = None
     """Expire-Span initial span as a fraction p of L_max."""
     span_loss_coef: PresetFloat = None

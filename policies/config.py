@@ -149,6 +149,10 @@ class ExpireSpanConfig(TransformerConfig):
     """L_max: the largest span a memory can get, in steps."""
     ramp_length: int = 16
     """R: length of the soft mask's linear ramp from 1 to 0 past a memory's span."""
+    ramp_growth: float = 0.0
+    """ρ: the ramp also grows with the span, to R + ρ·e (0: the paper's fixed R). A ramp in
+    proportion to the span gives a long memory's span a gradient from distances within a share
+    of it, not only within R steps (docs/experiments.md#corridor)."""
     span_init: float = 0.75
     """p: initial span as a fraction of L_max (predictor bias b = logit(p), weights w = 0)."""
     span_loss_coef: float = 0.01
@@ -169,6 +173,7 @@ class ExpireSpanConfig(TransformerConfig):
         super().__post_init__()
         _check_int(self, "max_span", 1)
         _check_int(self, "ramp_length", 1)
+        _check_float(self, "ramp_growth", 0.0)
         _check_float(self, "span_init", 0.0, 1.0, open_low=True, open_high=True)
         _check_float(self, "span_loss_coef", 0.0)
         _check_float(self, "span_pre_div", 0.0, open_low=True)

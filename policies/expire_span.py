@@ -64,33 +64,44 @@ from policies.transformer import KeyLayout, LayerMask, TransformerCore
 Tensor = torch.Tensor
 
 
-def expire_span_ramp(spans: Tensor, distance: Tensor, ramp_length: int) -> Tensor:
-    """r = 1 + (e - (t - i)) / R for spans e and distances t - i (broadcast); m = clamp(r, 0, 1)."""
-    return (spans - distance).div_(ramp_length).add_(1)
+def ramp_width(spans: Tensor, ramp_length: int, ramp_growth: float = 0.0) -> Tensor | int:
+    """The ramp's length past each span: R, or R + ρ·e with a ramp that grows with the span."""
+    return ramp_length if ramp_growth == 0 else spans * ramp_growth + ramp_length
 
 
-def expire_span_mask(spans: Tensor, distance: Tensor, ramp_length: int) -> Tensor:
-    """m = clamp(1 + (e - (t - i)) / R, 0, 1) for spans e and distances t - i (broadcast)."""
-    return expire_span_ramp(spans, distance, ramp_length).clamp(0, 1)
+def expire_span_ramp(
+    spans: Tensor, distance: Tensor, ramp_length: int, ramp_growth: float = 0.0
+) -> Tensor:
+    """r = 1 + (e - (t - i)) / (R + ρ·e) for spans e and distances t - i (broadcast);
+    m = clamp(r, 0, 1)."""
+    return (spans - distance).div_(ramp_width(spans, ramp_length, ramp_growth)).add_(1)
+
+
+def expire_span_mask(
+    spans: Tensor, distance: Tensor, ramp_length: int, ramp_growth: float = 0.0
+) -> Tensor:
+    """m = clamp(1 + (e - (t - i)) / (R + ρ·e), 0, 1) for spans e and distances t - i
+    (broadcast)."""
+    return expire_span_ramp(spans, distance, ramp_length, ramp_growth).clamp(0, 1)
 
 
 def expire_span_log_mask(
-    spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int
+    spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int, ramp_growth: float = 0.0
 ) -> Tensor:
     """log m where ``visible`` and m > 0, -inf elsewhere: [B, N] spans, [B, T, N] distances
     and ``visible`` -> [B, T, N]. Differentiable in ``spans`` (see `ExpireSpanLogMask`);
     without a gradient to carry it skips autograd's bookkeeping."""
     if spans.requires_grad:
-        return ExpireSpanLogMask.apply(spans, distance, visible, ramp_length)
-    return _log_mask(spans, distance, visible, ramp_length)[0]
+        return ExpireSpanLogMask.apply(spans, distance, visible, ramp_length, ramp_growth)
+    return _log_mask(spans, distance, visible, ramp_length, ramp_growth)[0]
 
 
 def _log_mask(
-    spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int
+    spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int, ramp_growth: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(log mask, r, attended): r = 1 + (e - d) / R is the mask's argument (m = clamp(r, 0,
-    1)); a key is attended where visible and m > 0."""
-    ramp = expire_span_ramp(spans[:, None, :], distance, ramp_length)  # [B, T, N]
+    """(log mask, r, attended): r = 1 + (e - d) / (R + ρ·e) is the mask's argument (m =
+    clamp(r, 0, 1)); a key is attended where visible and m > 0."""
+    ramp = expire_span_ramp(spans[:, None, :], distance, ramp_length, ramp_growth)  # [B, T, N]
     mask = ramp.clamp(0, 1)
     attended = visible & (mask > 0)
     # Clamped so that the log never sees a 0 (on CPU ten times slower than a positive number).
@@ -106,23 +117,31 @@ class ExpireSpanLogMask(torch.autograd.Function):
     ``where`` and a clamped log under autograd, whose backward retraces each op (about three
     times this backward's time on a corridor minibatch). The gradient (dL/dlog m) / (R·r)
     flows where the key is attended and r <= 1 (the ramp, its upper edge included; as a
-    float32, r is either 0 or at least 2^-24 near 0, so attended keys have m = r >= tiny)."""
+    float32, r is either 0 or at least 2^-24 near 0, so attended keys have m = r >= tiny).
+    With a ramp that grows with the span (ρ > 0), dr/de = (1 + ρ·(1 - r)) / (R + ρ·e)."""
 
     @staticmethod
     def forward(
-        ctx: Any, spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int
-    ) -> Tensor:
-        log_mask, ramp, attended = _log_mask(spans, distance, visible, ramp_length)
-        ctx.save_for_backward(ramp, attended)
-        ctx.ramp_length = ramp_length
+        ctx: Any, spans: Tensor, distance: Tensor, visible: Tensor, ramp_length: int,
+        ramp_growth: float,
+    ) -> Tensor:  # fmt: skip
+        log_mask, ramp, attended = _log_mask(spans, distance, visible, ramp_length, ramp_growth)
+        ctx.save_for_backward(ramp, attended, spans if ramp_growth else None)
+        ctx.ramp_length, ctx.ramp_growth = ramp_length, ramp_growth
         return log_mask
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        ramp, attended = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        ramp, attended, spans = ctx.saved_tensors
         on_ramp = attended & (ramp <= 1)
-        grad_ramp = torch.where(on_ramp, grad / ramp, 0).div_(ctx.ramp_length)
-        return grad_ramp.sum(dim=1), None, None, None
+        growth = ctx.ramp_growth
+        if growth == 0:
+            grad_ramp = torch.where(on_ramp, grad / ramp, 0).div_(ctx.ramp_length)
+            return grad_ramp.sum(dim=1), None, None, None, None
+        # (dL/dlog m) / r · (1 + ρ(1 - r)), summed over the queries, over R + ρ·e per key.
+        grad_ramp = torch.where(on_ramp, grad / ramp * (1 + growth * (1 - ramp)), 0)
+        grad_spans = grad_ramp.sum(dim=1) / ramp_width(spans, ctx.ramp_length, growth)
+        return grad_spans, None, None, None, None
 
 
 class SpanPredictor(nn.Module):
@@ -153,9 +172,11 @@ class ExpireSpanCore(TransformerCore):
     """Transformer blocks whose memories expire after their predicted span."""
 
     def __init__(self, config: ExpireSpanConfig) -> None:
-        super().__init__(config, max_distance=config.max_span + config.ramp_length)
+        max_distance = math.ceil(config.max_span * (1 + config.ramp_growth)) + config.ramp_length
+        super().__init__(config, max_distance=max_distance)
         self.max_span = config.max_span
         self.ramp_length = config.ramp_length
+        self.ramp_growth = config.ramp_growth
         self.span_loss_coef = config.span_loss_coef
         self.span_shortening = config.span_shortening
         self.prune = config.prune
@@ -186,8 +207,10 @@ class ExpireSpanCore(TransformerCore):
         spans = features[..., -1]  # [B, N]
         mask_spans = spans if span_limit is None else torch.minimum(spans, span_limit)
         log_mask = expire_span_log_mask(mask_spans, keys.distance, keys.visible,
-                                        self.ramp_length)  # [B, T, N]
-        alive_next = spans + self.ramp_length > num_steps - keys.position  # m at t = T is > 0
+                                        self.ramp_length, self.ramp_growth)  # [B, T, N]
+        # m at t = T is > 0
+        alive_next = spans + ramp_width(spans, self.ramp_length, self.ramp_growth) > (
+            num_steps - keys.position)  # fmt: skip
         new_spans = spans[:, -num_steps:]  # [B, T]
         loss = self.span_loss_coef * new_spans.mean()
         return LayerMask(log_mask, alive_next, new_spans, loss)

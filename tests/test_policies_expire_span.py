@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from test_policies_interface import build, random_obs, random_starts, run_chunks, take
 
@@ -102,6 +103,36 @@ def test_fused_log_mask_is_the_composed_ops_bit_for_bit() -> None:
     assert (composed_grad != 0).any() and torch.isinf(composed).any()
 
 
+def test_growing_ramp_follows_the_formula_and_its_gradient() -> None:
+    # r = 1 + (e - d) / (R + ρ·e): the mask, and the fused backward against autograd through it.
+    generator = torch.Generator().manual_seed(4)
+    batch, steps, keys, ramp, growth = 3, 7, 25, 4, 0.25
+    spans = torch.rand(batch, keys, generator=generator) * 60
+    distance = torch.randint(0, 80, (batch, steps, keys), generator=generator)
+    visible = torch.rand(batch, steps, keys, generator=generator) < 0.8
+    mask = expire_span_mask(spans[:, None, :], distance, ramp, growth)
+    expected = (1 + (spans[:, None, :] - distance) / (ramp + growth * spans[:, None, :]))
+    torch.testing.assert_close(mask, expected.clamp(0, 1))
+    upstream = torch.randn(batch, steps, keys, generator=generator)
+    results = []
+    for fused in (False, True):
+        leaf = spans.clone().requires_grad_()
+        if fused:
+            log_mask = expire_span_log_mask(leaf, distance, visible, ramp, growth)
+        else:
+            composed = expire_span_mask(leaf[:, None, :], distance, ramp, growth)
+            attended = visible & (composed > 0)
+            log_mask = torch.where(attended, composed.clamp(min=1e-38).log(), -math.inf)
+        (torch.where(log_mask.isfinite(), log_mask, 0) * upstream).sum().backward()
+        results.append((log_mask.detach(), leaf.grad))
+    (composed, composed_grad), (fused, fused_grad) = results
+    assert torch.equal(composed.isinf(), fused.isinf())
+    torch.testing.assert_close(fused, composed)
+    torch.testing.assert_close(fused_grad, composed_grad)
+    on_ramp = (mask > 0) & (mask < 1)
+    assert on_ramp.any() and (composed_grad != 0).any()
+
+
 def test_chunked_core_matches_the_paper_formulas() -> None:
     policy = build("expire_span")  # one layer, L_max 10, R 3: most memories expire
     generator = torch.Generator().manual_seed(20)
@@ -140,8 +171,10 @@ def test_random_shortening_clamps_spans_to_one_draw_per_forward() -> None:
     torch.testing.assert_close(eval_output.logits, unshortened, **TOLERANCE)
 
 
-def test_dropping_expired_memories_is_exact() -> None:
-    overrides = {"num_layers": 2, "max_span": 12, "compact_interval": 2}
+@pytest.mark.parametrize("ramp_growth", [0.0, 0.5])
+def test_dropping_expired_memories_is_exact(ramp_growth: float) -> None:
+    overrides = {"num_layers": 2, "max_span": 12, "compact_interval": 2,
+                 "ramp_growth": ramp_growth}  # fmt: skip
     pruned, kept = build("expire_span", **overrides), build("expire_span", prune=False, **overrides)
     generator = torch.Generator().manual_seed(22)
     obs, starts = random_obs(80, 3, generator), random_starts(80, 3, generator, prob=0.03)
@@ -156,7 +189,9 @@ def test_dropping_expired_memories_is_exact() -> None:
         assert kept_state.tensors[f"memory_{layer}"].shape[1] == 80
         live = pruned_state.tensors[f"memory_valid_{layer}"].sum(dim=1)
         width = pruned_state.tensors[f"memory_{layer}"].shape[1]
-        assert width <= 12 + 3 + 20 + 2 and live.max() < 16  # at most e + R alive, e < L_max
+        # At most e + R + ρ·e alive, e < L_max.
+        assert width <= 12 * (1 + ramp_growth) + 3 + 20 + 2
+        assert live.max() < 12 * (1 + ramp_growth) + 4
 
 
 def test_memory_follows_the_spans_not_max_span() -> None:

@@ -161,7 +161,7 @@ def test_expire_span_panel_shows_exactly_the_memories_still_alive(tmp_path):
         obs = env.step(torch.tensor([FORWARD]))[0]
     spans = np.stack(spans)  # [T, L]
     for layer in range(2):
-        kept_steps, remaining = panel.kept[layer]
+        kept_steps, remaining, _ = panel.kept[layer]
         age = 20 - np.arange(20)  # steps from each memory to the next query
         alive = spans[:, layer] - age > -2  # mask m > 0 for the next query
         assert sorted(kept_steps.tolist()) == np.nonzero(alive)[0].tolist()
