@@ -32,6 +32,7 @@ from PIL import ImageFont
 
 from agents.evaluate import ActionStep
 from envs.reference import RGB, ReferenceEnv
+from policies.expire_span import ramp_width
 
 PANEL_TITLE_HEIGHT = 18
 STRIP_HEIGHT = 56
@@ -106,8 +107,10 @@ class MemoryPanel:
             age = tensors[f"memory_age_{layer}"][0].cpu().numpy()[valid]  # steps to the next
             steps = t + 1 - age  # the episode step each kept memory was made at
             if self.kind == "expire_span":
-                remaining = self.values[steps, layer] - age
-                ramp = self.ramp + self.ramp_growth * self.values[steps, layer]
+                spans = self.values[steps, layer]
+                remaining = spans - age
+                width = ramp_width(spans, self.ramp, self.ramp_growth)  # R + ρ·e
+                ramp = np.broadcast_to(width, spans.shape)
                 alive = remaining + ramp > 0  # without pruning, expired slots stay valid
                 steps, remaining, ramp = steps[alive], remaining[alive], ramp[alive]
             else:

@@ -18,8 +18,7 @@ from agents.cli import task_flags
 
 POLICY_FLAGS = (
     "d_model", "num_layers", "num_heads", "max_span", "ramp_length", "ramp_growth",
-    "span_init",
-    "span_loss_coef", "memory_size", "gating", "egocentric",
+    "span_init", "span_loss_coef", "memory_size", "gating", "egocentric",
 )  # fmt: skip
 """The flags that set the policy's config (`policies.config`), each for the cores that have it."""
 

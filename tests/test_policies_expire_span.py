@@ -68,10 +68,11 @@ def test_soft_mask_follows_the_formula() -> None:
 
 
 def composed_log_mask(
-    spans: torch.Tensor, distance: torch.Tensor, visible: torch.Tensor, ramp_length: int
-) -> torch.Tensor:
+    spans: torch.Tensor, distance: torch.Tensor, visible: torch.Tensor, ramp_length: int,
+    ramp_growth: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
     """The log mask as plain autograd ops: m, then log m where visible and m > 0."""
-    mask = expire_span_mask(spans[:, None, :], distance, ramp_length)
+    mask = expire_span_mask(spans[:, None, :], distance, ramp_length, ramp_growth)
     attended = visible & (mask > 0)
     return torch.where(attended, mask.clamp(min=torch.finfo(mask.dtype).tiny).log(), -math.inf)
 
@@ -117,12 +118,8 @@ def test_growing_ramp_follows_the_formula_and_its_gradient() -> None:
     results = []
     for fused in (False, True):
         leaf = spans.clone().requires_grad_()
-        if fused:
-            log_mask = expire_span_log_mask(leaf, distance, visible, ramp, growth)
-        else:
-            composed = expire_span_mask(leaf[:, None, :], distance, ramp, growth)
-            attended = visible & (composed > 0)
-            log_mask = torch.where(attended, composed.clamp(min=1e-38).log(), -math.inf)
+        log_mask_of = expire_span_log_mask if fused else composed_log_mask
+        log_mask = log_mask_of(leaf, distance, visible, ramp, growth)
         (torch.where(log_mask.isfinite(), log_mask, 0) * upstream).sum().backward()
         results.append((log_mask.detach(), leaf.grad))
     (composed, composed_grad), (fused, fused_grad) = results
