@@ -84,7 +84,10 @@ def preset(
         # The egocentric view: the cell in front of the agent is always the same input.
         policy_kwargs.update(max_span=256, egocentric=True)
     else:
-        learner.update(total_steps=5_000_000)
+        # Entropy 0.03, not the suite's 0.001: a task may hide its cue until the agent looks
+        # for it, and at 0.01 or below the policy settles before it finds out that looking pays
+        # (docs/experiments.md#gymnasium-tasks).
+        learner.update(total_steps=5_000_000, ent_coef=0.03)
         # An Expire-Span keeps nothing longer than L_max + R: L_max covers a whole episode where
         # the task declares its length, else thousands of steps (cost follows the memories
         # alive, not L_max).
