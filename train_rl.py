@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli import USAGE_ERROR, given_flags, parse_args
-from agents.control import StopRule
+from agents.control import Interrupted, StopRule
 from agents.distributed import World, join
 from agents.learner import NonFiniteLossError
 from agents.resolve import resolve, resolve_resume
@@ -221,8 +221,11 @@ def train(argv: list[str] | None, progress: bool, world: World) -> int:
         say(f"error: training stopped, {error}; the last good checkpoint is kept in "
             f"{run_dir.checkpoints}")  # fmt: skip
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         resume = f"; resume with --resume {run_dir.path}" if run_dir else ""
+        if isinstance(interrupt, Interrupted):  # it finished its update and saved it
+            say(f"interrupted at update {interrupt.update}, checkpoint saved{resume}")
+            return 128 + interrupt.signum
         say(f"\ninterrupted{resume}")
         return INTERRUPTED
     return 0

@@ -1,4 +1,5 @@
-"""The run's control rules: a task's curriculum, and when to stop before the step budget.
+"""The run's control rules: a task's curriculum, when to stop before the step budget, and
+how a signal stops a run.
 
 Each rule is a small object with its own state (checkpointed with the run) that
 the trainer asks at every logging interval; the trainer applies what it
@@ -9,6 +10,10 @@ the interval's metrics and the run's config.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
+from types import FrameType
 from typing import Any
 
 from agents.run_config import LearnerConfig, RunConfig
@@ -119,3 +124,42 @@ class StopRule:
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
         self.last_check = float(data["last_check"])
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on a signal (``signum``) after a checkpoint at ``update``."""
+
+    def __init__(self, signum: int, update: int):
+        super().__init__(signum, update)
+        self.signum, self.update = signum, update
+
+
+class SignalStop:
+    """While entered (in the main thread of a single process), the first SIGINT or SIGTERM
+    only sets ``signum`` for the loop to read between updates; a second one raises
+    KeyboardInterrupt at once. Elsewhere it changes nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalStop:
+        if self.enabled:
+            self.previous = {signum: signal.signal(signum, self._receive)
+                             for signum in self.SIGNALS}  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _receive(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        # os.write, not print: a handler may run in the middle of a print to the same stream.
+        os.write(2, b"\nstopping after this update with a checkpoint "
+                    b"(Ctrl-C again stops at once)\n")  # fmt: skip

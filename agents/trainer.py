@@ -12,6 +12,12 @@ so the curriculum and the stop rule take the same decision on every rank; the
 greedy check of the stop runs on rank 0 and its answer is broadcast. Rank 0
 alone writes the run directory; its checkpoints hold every rank's envs,
 memories and random states, so a resume with as many ranks goes on exactly.
+
+Ctrl-C (SIGINT) or SIGTERM in a single process lets the update under way
+finish, writes a checkpoint at it and stops with `Interrupted`, so a resume
+loses nothing; a second signal stops at once (the last checkpoint is kept).
+Under torchrun the launcher passes the signal on to the ranks, which stop at
+once, and a resume goes on from the last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import torch
 
 from agents.build import build_policy, make_env
-from agents.control import Curriculum, StopRule
+from agents.control import Curriculum, Interrupted, SignalStop, StopRule
 from agents.distributed import SINGLE, World, to_cpu
 from agents.impala import IMPALA
 from agents.learner import Learner
@@ -261,33 +267,37 @@ class Trainer:
         interval_start, interval_steps = start, 0
         last_row: dict[str, float] = {}
         try:
-            while learner.update_count < learner.num_updates:
-                rollout = self.collector.collect()
-                metrics = learner.update(rollout)
-                self.global_step += self.steps_per_update
-                interval_steps += self.steps_per_update
-                progress.advance(self.steps_per_update)
-                update = learner.update_count
-                last = update == learner.num_updates
-                wall = self.wall_offset + time.perf_counter() - start
-                stop = False
-                if update % config.run.log_interval == 0 or last:
-                    now = time.perf_counter()
-                    sps = interval_steps / max(now - interval_start, 1e-9)
-                    row = self._interval_row(metrics, wall, sps)
-                    interval_start, interval_steps = now, 0
-                    self._log(row, writer)
-                    progress.log(row)
-                    last_row = row
-                    full_task = self._advance_curriculum(row["success_rate"])
-                    stop = full_task and self.stop_rule.interval_meets(row)
-                    if stop and config.run.confirm_episodes:
-                        stop = self.stop_rule.check_due(update) and self._greedy_check(progress)
-                    self.reached_targets = stop
-                if update % config.run.checkpoint_interval == 0 or last or stop:
-                    self.save(wall)
-                if stop:
-                    break
+            with SignalStop(enabled=not self.world.distributed) as signals:
+                while learner.update_count < learner.num_updates:
+                    rollout = self.collector.collect()
+                    metrics = learner.update(rollout)
+                    self.global_step += self.steps_per_update
+                    interval_steps += self.steps_per_update
+                    progress.advance(self.steps_per_update)
+                    update = learner.update_count
+                    last = update == learner.num_updates
+                    wall = self.wall_offset + time.perf_counter() - start
+                    stop = False
+                    if update % config.run.log_interval == 0 or last:
+                        now = time.perf_counter()
+                        sps = interval_steps / max(now - interval_start, 1e-9)
+                        row = self._interval_row(metrics, wall, sps)
+                        interval_start, interval_steps = now, 0
+                        self._log(row, writer)
+                        progress.log(row)
+                        last_row = row
+                        full_task = self._advance_curriculum(row["success_rate"])
+                        stop = full_task and self.stop_rule.interval_meets(row)
+                        if stop and config.run.confirm_episodes:
+                            stop = self.stop_rule.check_due(update) and self._greedy_check(progress)
+                        self.reached_targets = stop
+                    asked = signals.signum is not None
+                    if update % config.run.checkpoint_interval == 0 or last or stop or asked:
+                        self.save(wall)
+                    if stop:
+                        break
+                    if asked and not last:
+                        raise Interrupted(signals.signum, update)
         finally:
             progress.close()
             if writer is not None:

@@ -129,7 +129,8 @@ def test_a_bad_value_from_python_is_a_one_line_error(door, given, result, messag
 
 
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
-    """SIGINT during start-up (the libraries take seconds to load) or the first updates."""
+    """SIGINT during start-up (the libraries take seconds to load) or the first updates (then
+    a line first says the update under way is being saved)."""
     for delay in (0.3, 4.0):
         process = subprocess.Popen(
             [sys.executable, "train_rl.py", "--env", "corridor", "--length", "4", "--threads",
@@ -141,4 +142,5 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
         _, err = process.communicate(timeout=120)
         lines = err.strip().splitlines()
         assert process.returncode == 130, err
-        assert len(lines) == 1 and lines[0].startswith("interrupted"), err
+        assert lines[-1].startswith("interrupted"), err
+        assert len(lines) == 1 or (len(lines) == 2 and lines[0].startswith("stopping after")), err

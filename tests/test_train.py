@@ -93,6 +93,64 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path):
     assert without_timing(resumed) == without_timing(rows(reference))
 
 
+def signal_after_update(monkeypatch, at: int, *signums: int) -> None:
+    """Send this process ``signums`` as update ``at`` ends (as a user's Ctrl-C or a kill)."""
+    from agents import learner
+
+    real_optimise = learner.Learner.optimise
+    sent = []
+
+    def optimise(self, loss):
+        result = real_optimise(self, loss)
+        if self.update_count == at - 1 and not sent:  # in the update's first gradient step
+            for signum in signums:
+                sent.append(signum)
+                os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(learner.Learner, "optimise", optimise)
+
+
+# A checkpoint every 10 updates and a metrics row every 4: an interrupt at update 7 falls
+# between both, with episodes of an unfinished interval already counted.
+BETWEEN = [*TINY, "--total-steps", str(128 * 20), "--log-interval", "4",
+           "--checkpoint-interval", "10", "--seed", "11"]  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_update_under_way_and_the_resume_is_the_uninterrupted_run(
+    tmp_path, monkeypatch, capfd, weights_hash, signum
+):
+    reference = tmp_path / "reference"
+    assert train_rl.main([*BETWEEN, "--run-dir", str(reference)], progress=False) == 0
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        signal_after_update(patch, 7, signum)
+        status = train_rl.main([*BETWEEN, "--run-dir", str(stopped)], progress=False)
+    assert status == 128 + signum
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1] == f"interrupted at update 7, checkpoint saved; resume with --resume {stopped}"
+    assert err[-2].startswith("stopping after this update with a checkpoint")
+    assert RunDir.open(stopped).load_checkpoint()["update"] == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    assert train_rl.main(["--resume", str(stopped)], progress=False) == 0
+    assert without_timing(rows(stopped)) == without_timing(rows(reference))
+    assert weights_hash(stopped) == weights_hash(reference)
+
+
+def test_a_second_ctrl_c_stops_at_once_with_the_last_checkpoint_kept(
+    tmp_path, monkeypatch, capfd
+):
+    run_dir = tmp_path / "run"
+    signal_after_update(monkeypatch, 12, signal.SIGINT, signal.SIGINT)
+    status = train_rl.main([*BETWEEN, "--run-dir", str(run_dir)], progress=False)
+    assert status == 130
+    assert capfd.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted; resume with --resume {run_dir}")
+    assert RunDir.open(run_dir).load_checkpoint()["update"] == 10  # the last periodic one
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch, capsys
 ):
