@@ -63,7 +63,8 @@ METRIC_COLUMNS: dict[str, str] = {
     "policy_loss": "policy-gradient loss (PPO clipped / V-trace)",
     "value_loss": "value loss",
     "entropy": "policy entropy",
-    "aux_loss": "the policy's auxiliary loss (Expire-Span span loss, already times alpha)",
+    "aux_loss": "the policy's auxiliary loss (Expire-Span span loss, already times alpha, plus "
+                 "the observation reconstruction loss, times its coefficient)",
     "approx_kl": "approximate KL between behaviour and updated policy",
     "clip_fraction": "fraction of ratios clipped (PPO) or above rho-bar (IMPALA)",
     "grad_norm": "gradient norm before clipping",

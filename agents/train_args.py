@@ -18,7 +18,7 @@ from agents.cli import task_flags
 
 POLICY_FLAGS = (
     "d_model", "num_layers", "num_heads", "max_span", "ramp_length", "ramp_growth",
-    "span_init", "span_loss_coef", "memory_size", "gating", "egocentric",
+    "span_init", "span_loss_coef", "memory_size", "gating", "egocentric", "reconstruction_coef",
 )  # fmt: skip
 """The flags that set the policy's config (`policies.config`), each for the cores that have it."""
 
@@ -75,6 +75,9 @@ class TrainArgs(TaskFlags):  # type: ignore[misc, valid-type]
     egocentric: PresetBool = None
     """Turn the view to the agent's heading before embedding it, so that the cell in front of
     the agent is always the same cell (off in every preset)."""
+    reconstruction_coef: PresetFloat = None
+    """Coefficient of an auxiliary loss that reconstructs each step's observation from the
+    memory core's output, so that memories hold what was seen (0: off)."""
     forward_bias: PresetFloat = None
     """Initial logit bias of the 'forward' action (helps a fresh agent reach far rewards)."""
     last_action_reward: PresetBool = None

@@ -80,6 +80,9 @@ class PolicyConfig:
     """Turn each square minigrid window so that the agent's heading (the state channel of its
     centre cell, as the suite's top-down windows hold it) always points the same way: the
     cell in front of the agent is then always the same cell of the embedded view."""
+    reconstruction_coef: float = 0.0
+    """Coefficient of an auxiliary loss that reconstructs each step's observation from the
+    core's output (`policies.encoder.ObservationDecoder`); 0 builds no decoder."""
 
     def __post_init__(self) -> None:
         _check_int(self, "d_model", 1)
@@ -88,6 +91,7 @@ class PolicyConfig:
         _check_int(self, "token_embed_dim", 1)
         _check_float(self, "actor_init_gain", 0.0, open_low=True)
         _check_bool(self, "egocentric")
+        _check_float(self, "reconstruction_coef", 0.0)
         if self.actor_bias_init is not None:
             bias = self.actor_bias_init
             if not isinstance(bias, (list, tuple)) or not all(

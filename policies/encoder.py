@@ -330,3 +330,87 @@ class ObservationEncoder(nn.Module):
         fields = zip(self.keys, self.fields, strict=True)
         parts = [field(obs[key]).to(dtype) for key, field in fields]
         return self.mlp(torch.cat(parts, dim=-1))  # [T, B, sum of field widths] -> [T, B, D]
+
+
+class _FieldTarget:
+    """How one observation field is reconstructed: the width of its slice of the decoder's
+    output and its loss against the observed value (a mean over the field's elements)."""
+
+    def __init__(self, space: gym.Space) -> None:
+        self.kind = ""
+        self.width = 0
+        if is_cell_image(space):  # object, colour and state classes of every cell
+            self.kind, self.cells = "cells", int(np.prod(space.shape[:2]))
+            self.classes = (NUM_OBJECTS, NUM_COLORS, NUM_STATES)
+            self.width = self.cells * sum(self.classes)
+        elif isinstance(space, gym.spaces.Discrete):
+            self.kind, self.start, self.width = "token", int(space.start), int(space.n)
+        elif isinstance(space, gym.spaces.MultiDiscrete):
+            self.kind = "tokens"
+            self.sizes = [int(n) for n in space.nvec.flatten()]
+            self.starts = [int(s) for s in space.start.flatten()]
+            self.width = sum(self.sizes)
+        elif isinstance(space, gym.spaces.MultiBinary):
+            self.kind, self.width = "binary", int(np.prod(space.shape))
+        elif isinstance(space, gym.spaces.Box):
+            low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+            if np.isfinite(low).all() and np.isfinite(high).all():  # else: not reconstructed
+                self.kind, self.width = "box", int(np.prod(space.shape))
+                span = np.where(high > low, high - low, 1.0)
+                self.low = torch.as_tensor(low.flatten(), dtype=torch.float32)
+                self.scale = torch.as_tensor(span.flatten(), dtype=torch.float32)
+
+    def loss(self, out: Tensor, value: Tensor) -> Tensor:
+        """``out`` [N, width] decoder outputs, ``value`` [N, ...] the observed field."""
+        value = value.reshape(out.shape[0], -1)
+        if self.kind == "cells":
+            cells = value.long().view(-1, self.cells, 3)
+            logits = out.view(-1, self.cells, sum(self.classes))
+            parts = logits.split(self.classes, dim=-1)
+            losses = [nn.functional.cross_entropy(part.flatten(0, 1), cells[..., c].flatten())
+                      for c, part in enumerate(parts)]  # fmt: skip
+            return torch.stack(losses).mean()
+        if self.kind == "token":
+            return nn.functional.cross_entropy(out, value[:, 0].long() - self.start)
+        if self.kind == "tokens":
+            parts = out.split(self.sizes, dim=-1)
+            losses = [nn.functional.cross_entropy(part, value[:, k].long() - self.starts[k])
+                      for k, part in enumerate(parts)]  # fmt: skip
+            return torch.stack(losses).mean()
+        if self.kind == "binary":
+            return nn.functional.binary_cross_entropy_with_logits(out, value.to(out.dtype))
+        target = (value.to(out.dtype) - self.low.to(out)) / self.scale.to(out)
+        return nn.functional.mse_loss(out, target)
+
+
+class ObservationDecoder(nn.Module):
+    """Reconstructs each step's observation from features [T, B, D]: an auxiliary loss that
+    makes the features, and so the memories built from them, hold what was seen (Pleines et
+    al., "Memory Gym", 2024, needed it for Transformer-XL on their finite tasks).
+
+    Per field: cross-entropy for minigrid cells (object, colour, state), ``Discrete`` and
+    ``MultiDiscrete`` tokens; binary cross-entropy for ``MultiBinary``; mean squared error for
+    a ``Box`` with finite bounds, scaled to [0, 1] by them. A ``Box`` with an infinite bound
+    has no scale to compare at and is not reconstructed. The loss is the mean over the fields
+    reconstructed (0 if none is)."""
+
+    def __init__(self, observation_space: gym.Space, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.observation_space = observation_space
+        targets = {key: _FieldTarget(space) for key, space in
+                   flatten_space(observation_space).items()}  # fmt: skip
+        self.targets = {key: target for key, target in targets.items() if target.width}
+        self.widths = [target.width for target in self.targets.values()]
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, max(sum(self.widths), 1)))  # fmt: skip
+
+    def loss(self, features: Tensor, obs: Obs) -> Tensor:
+        """The reconstruction loss of ``obs`` [T, B, ...] from ``features`` [T, B, D]."""
+        if not self.targets:
+            return features.new_zeros(())
+        obs = flatten_observation(self.observation_space, obs)
+        out = self.mlp(features.flatten(0, 1))  # [T·B, sum of widths]
+        parts = out.split(self.widths, dim=-1)
+        losses = [target.loss(part, obs[key].flatten(0, 1))
+                  for (key, target), part in zip(self.targets.items(), parts, strict=True)]
+        return torch.stack(losses).mean()

@@ -15,7 +15,7 @@ from torch import nn
 
 from policies.config import SPAN_LR_SCALE, PolicyConfig, build_config
 from policies.core import MemoryCore
-from policies.encoder import Obs, ObservationEncoder
+from policies.encoder import Obs, ObservationDecoder, ObservationEncoder
 from policies.expire_span import ExpireSpanCore
 from policies.lstm import LSTMCore
 from policies.state import State
@@ -40,7 +40,9 @@ class PolicyOutput(NamedTuple):
     values: Tensor
     """[T, B] state values."""
     aux_loss: Tensor
-    """[] auxiliary loss to add to the actor-critic loss (span loss; 0 for trxl and lstm)."""
+    """[] auxiliary loss to add to the actor-critic loss: the span loss (0 for trxl and lstm),
+    plus the observation reconstruction loss when ``reconstruction_coef`` > 0 and autograd is
+    on (training)."""
     memory_alive: Tensor
     """[B, L] memories alive for the next step, per env and layer (shape [B, 0] for lstm)."""
     span_mean: Tensor
@@ -68,6 +70,9 @@ class MemoryPolicy(nn.Module):
                                           config.cell_embed_dim, config.token_embed_dim,
                                           config.egocentric)
         self.core = CORE_CLASSES[kind](config)
+        self.decoder = (ObservationDecoder(observation_space, config.d_model,
+                                           config.encoder_hidden)
+                        if config.reconstruction_coef > 0 else None)  # fmt: skip
         self.actor = nn.Linear(config.d_model, num_actions)
         self.critic = nn.Linear(config.d_model, 1)
         # Orthogonal heads as in CleanRL, but see PolicyConfig.actor_init_gain for the actor.
@@ -105,10 +110,14 @@ class MemoryPolicy(nn.Module):
                              f"{episode_starts.shape[1]} (shape [T, B])")
         x = self.encoder(obs)  # [T, B, D]
         core = self.core(x, state.tensors, episode_starts.to(torch.bool))
+        aux_loss = core.aux_loss
+        if self.decoder is not None and torch.is_grad_enabled():  # a loss for training only
+            aux_loss = aux_loss + self.config.reconstruction_coef * self.decoder.loss(
+                core.features, obs)
         output = PolicyOutput(
             logits=self.actor(core.features),
             values=self.critic(core.features).squeeze(-1),  # [T, B, 1] -> [T, B]
-            aux_loss=core.aux_loss,
+            aux_loss=aux_loss,
             memory_alive=core.alive.detach(),
             span_mean=core.spans.detach().mean(dim=(0, 1)),
             spans=core.spans.detach(),

@@ -186,3 +186,59 @@ def test_embedding_gradient_is_torch_embeddings_bit_for_bit() -> None:
             torch.set_num_threads(1)  # the suite's setting (conftest)
         assert torch.equal(ours(index), reference(index))
         assert torch.equal(ours.weight.grad, reference.weight.grad)
+
+
+EVERY_KIND = gym.spaces.Dict({
+    "image": image_space(3),
+    "token": gym.spaces.Discrete(5, start=2),
+    "tokens": gym.spaces.MultiDiscrete([3, 4], start=[1, 0]),
+    "flags": gym.spaces.MultiBinary(3),
+    "bounded": gym.spaces.Box(-2.0, 6.0, (2,), np.float32),
+    "unbounded": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
+})  # fmt: skip
+"""One field of every kind the decoder reads, and one (an unbounded Box) it leaves out."""
+
+
+def sample_batch(space: gym.spaces.Dict, count: int, seed: int) -> dict[str, torch.Tensor]:
+    """``count`` samples of ``space`` as [count, 1, ...] tensors (T = count, B = 1)."""
+    space.seed(seed)
+    samples = [space.sample() for _ in range(count)]
+    return {key: torch.as_tensor(np.stack([s[key] for s in samples]))[:, None]
+            for key in space.spaces}  # fmt: skip
+
+
+def test_the_decoder_learns_every_field_it_reads_and_skips_unbounded_boxes():
+    from policies.encoder import ObservationDecoder
+
+    torch.manual_seed(0)
+    decoder = ObservationDecoder(EVERY_KIND, d_model=32, hidden=64)
+    assert sorted(decoder.targets) == ["bounded", "flags", "image", "token", "tokens"]
+    obs = sample_batch(EVERY_KIND, 16, seed=1)
+    # Features that tell the samples apart: the decoder alone must learn to read them back.
+    features = torch.eye(32)[:16, None]  # [16, 1, 32]
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    first = decoder.loss(features, obs).item()
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = decoder.loss(features, obs)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.02 * first  # every field, the chance-level cells included
+
+
+def test_reconstruction_is_part_of_the_training_loss_only():
+    space = envs.make_batched("corridor", 1).single_observation_space
+    obs = {key: torch.as_tensor(np.stack([space.sample()[key] for _ in range(T * B)])).view(
+        T, B, *space[key].shape) for key in space.spaces}  # fmt: skip
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    plain = make_policy("lstm", space, 3, d_model=8)
+    assert plain.decoder is None
+    policy = make_policy("lstm", space, 3, d_model=8, reconstruction_coef=0.5)
+    output, _ = policy(obs, policy.initial_state(B), starts)
+    expected = 0.5 * policy.decoder.loss(
+        policy.core(policy.encoder(obs), policy.initial_state(B).tensors, starts).features, obs)
+    torch.testing.assert_close(output.aux_loss, expected)
+    output.aux_loss.backward()
+    assert policy.encoder.mlp[0].weight.grad.abs().sum() > 0  # it trains the encoder too
+    with torch.no_grad():  # a rollout step: no decoder at all
+        assert policy(obs, policy.initial_state(B), starts)[0].aux_loss.item() == 0.0
