@@ -15,6 +15,7 @@ from envs.last_step import LastStepEnv
 from policies import ObservationEncoder, make_policy
 from policies.encoder import SINGLE_KEY, Embedding, flatten_observation, flatten_space
 
+Tensor = torch.Tensor
 T, B = 3, 2
 SIZES = {"d_model": 8, "hidden": 16, "cell_embed_dim": 4, "token_embed_dim": 4}
 
@@ -199,12 +200,12 @@ EVERY_KIND = gym.spaces.Dict({
 """One field of every kind the decoder reads, and one (an unbounded Box) it leaves out."""
 
 
-def sample_batch(space: gym.spaces.Dict, count: int, seed: int) -> dict[str, torch.Tensor]:
-    """``count`` samples of ``space`` as [count, 1, ...] tensors (T = count, B = 1)."""
+def sample_batch(space: gym.spaces.Dict, steps: int, columns: int, seed: int) -> dict[str, Tensor]:
+    """``steps`` x ``columns`` samples of ``space`` as [T, B, ...] tensors."""
     space.seed(seed)
-    samples = [space.sample() for _ in range(count)]
-    return {key: torch.as_tensor(np.stack([s[key] for s in samples]))[:, None]
-            for key in space.spaces}  # fmt: skip
+    samples = [space.sample() for _ in range(steps * columns)]
+    return {key: torch.as_tensor(np.stack([s[key] for s in samples])).view(
+        steps, columns, *space[key].shape) for key in space.spaces}  # fmt: skip
 
 
 def test_the_decoder_learns_every_field_it_reads_and_skips_unbounded_boxes():
@@ -213,7 +214,7 @@ def test_the_decoder_learns_every_field_it_reads_and_skips_unbounded_boxes():
     torch.manual_seed(0)
     decoder = ObservationDecoder(EVERY_KIND, d_model=32, hidden=64)
     assert sorted(decoder.targets) == ["bounded", "flags", "image", "token", "tokens"]
-    obs = sample_batch(EVERY_KIND, 16, seed=1)
+    obs = sample_batch(EVERY_KIND, 16, 1, seed=1)
     # Features that tell the samples apart: the decoder alone must learn to read them back.
     features = torch.eye(32)[:16, None]  # [16, 1, 32]
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
@@ -228,8 +229,7 @@ def test_the_decoder_learns_every_field_it_reads_and_skips_unbounded_boxes():
 
 def test_reconstruction_is_part_of_the_training_loss_only():
     space = envs.make_batched("corridor", 1).single_observation_space
-    obs = {key: torch.as_tensor(np.stack([space.sample()[key] for _ in range(T * B)])).view(
-        T, B, *space[key].shape) for key in space.spaces}  # fmt: skip
+    obs = sample_batch(space, T, B, seed=2)
     starts = torch.zeros(T, B, dtype=torch.bool)
     plain = make_policy("lstm", space, 3, d_model=8)
     assert plain.decoder is None
